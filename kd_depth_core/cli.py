@@ -1,0 +1,58 @@
+"""`kd-depth <command>`: a thin dispatcher.
+
+Each command lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`.
+Modules are imported only when their command runs, so `kd-depth --help` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line help). Add a row when a capability lands.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("kd_depth_core.data.synthetic.cli", "generate the procedural synthetic world as training sequences"),
+    "validate": ("kd_depth_core.data.validate_cli", "check training sequences; errors name the file and field"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kd-depth",
+        description="Self-supervised depth training, distillation, evaluation and export.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {name:<14}{text}" for name, (_, text) in COMMANDS.items())
+        + "\n\nRun `kd-depth <command> --help` for a command's options.",
+    )
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="command", help="one of the commands below")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from kd_depth_core import __version__
+
+        print(f"kd-depth {__version__}")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        top.error(f"unknown command {name!r}; choose from: {', '.join(sorted(COMMANDS))}")
+    module_name, text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"kd-depth {name}", description=text)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training data: the sequence format, datasets, the synthetic world and benchmark readers."""

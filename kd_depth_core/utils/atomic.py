@@ -1,0 +1,63 @@
+"""Atomic writes: write under a temporary name in the same folder, then rename.
+
+A crash or an interrupt never leaves a half-written file or folder under the final name.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator:
+    """Open a temporary file beside `path`; on success fsync and rename it onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    with atomic_file(path, "wb") as handle:
+        handle.write(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def temporary_dir_for(final: str | os.PathLike) -> Path:
+    """A fresh, hidden temporary folder beside `final` (same file system, so rename is atomic)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+
+
+def commit_dir(tmp: str | os.PathLike, final: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Rename the finished folder `tmp` onto `final`; with `overwrite`, replace an existing one."""
+    tmp, final = Path(tmp), Path(final)
+    if final.exists():
+        if not overwrite:
+            raise FileExistsError(f"{final} already exists (pass --force / overwrite=True to replace it)")
+        trash = temporary_dir_for(final)
+        os.replace(final, trash / "old")
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final
