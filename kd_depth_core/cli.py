@@ -13,6 +13,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("kd_depth_core.data.synthetic.cli", "generate the procedural synthetic world as training sequences"),
     "validate": ("kd_depth_core.data.validate_cli", "check training sequences; errors name the file and field"),
+    "evaluate": ("kd_depth_core.eval.evaluate_cli",
+                 "score a model on KITTI / NYUv2 / Make3D / DrivingStereo or our sequences"),
+    "compare": ("kd_depth_core.eval.compare_cli", "several models (or saved results.json) in one table and one figure"),
+    "demo": ("kd_depth_core.demo.demo_cli", "the whole pipeline on the built-in synthetic world (make demo)"),
 }
 
 

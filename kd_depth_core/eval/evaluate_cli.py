@@ -1,0 +1,146 @@
+"""`kd-depth evaluate`: score a released model on a benchmark or on our own sequences.
+
+Prints the protocol's standard table; with ``--out`` writes results.json, results.md, PNG panels
+(RGB | GT | prediction | error | uncertainty) and, for models with uncertainty, sparsification
+and calibration plots.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from kd_depth_core.data.benchmarks import BENCHMARK_PROTOCOLS, BenchmarkReader, open_benchmark
+from kd_depth_core.eval.protocols import Protocol, get_protocol
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `evaluate` and `compare`: the data, the protocol and its overrides."""
+    parser.add_argument("--data", type=Path, help="dataset root (KITTI raw, NYUv2, Make3D, DrivingStereo or a "
+                                                  "folder of kd-depth sequences)")
+    parser.add_argument("--protocol", choices=BENCHMARK_PROTOCOLS, help="evaluation protocol")
+    parser.add_argument("--split", default=None, help="split name: NYU/sequence 'test' (default); DrivingStereo "
+                                                      "'test', 'train', 'sunny', 'cloudy', 'foggy', 'rainy'")
+    parser.add_argument("--split-file", type=Path, default=None,
+                        help="KITTI split list (Monodepth2's splits/eigen/test_files.txt or "
+                             "splits/eigen_benchmark/test_files.txt) or a Make3D image list")
+    parser.add_argument("--gt-root", type=Path, default=None,
+                        help="kitti_eigen_benchmark: root of the extracted data_depth_annotated archive")
+    parser.add_argument("--median-scaling", action=argparse.BooleanOptionalAction, default=None,
+                        help="per-image median scaling (default: on for relative-depth models as the protocol "
+                             "says, off for metric models)")
+    parser.add_argument("--min-depth", type=float, default=None, help="override the protocol's minimum depth (m)")
+    parser.add_argument("--max-depth", type=float, default=None,
+                        help="override the protocol's depth cap (m); 'sequence' default 80")
+    parser.add_argument("--stride", type=int, default=1, help="sequence protocol: every n-th frame")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N samples (quick check; "
+                                                                "not the official numbers)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for results and figures")
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'")
+    parser.add_argument("--scale-mode", default="auto",
+                        help="DepthPredictor scale mode: auto, none, focal, fixed, ground_plane (inference/scale.py)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="released model file (kd-depth export)")
+    parser.add_argument("--label", default=None, help="name of the model in tables (default: file stem)")
+    add_data_arguments(parser)
+    parser.add_argument("--panels", type=int, default=4, help="number of PNG panels written with --out")
+
+
+def build_protocol(args: argparse.Namespace) -> Protocol:
+    """The protocol named by ``--protocol`` with the command-line overrides."""
+    if args.protocol is None:
+        raise ValueError(f"--protocol is required; choose from {', '.join(BENCHMARK_PROTOCOLS)}")
+    overrides: dict[str, Any] = {}
+    if args.median_scaling is not None:
+        overrides["median_scaling"] = args.median_scaling
+    if args.min_depth is not None:
+        overrides["min_depth"] = args.min_depth
+    if args.max_depth is not None:
+        overrides["max_depth"] = args.max_depth  # the ground-truth cap follows unless the protocol has none
+    return get_protocol(args.protocol, **overrides)
+
+
+def open_samples(args: argparse.Namespace) -> BenchmarkReader:
+    if args.data is None or args.protocol is None:
+        raise ValueError("--data and --protocol are required to evaluate a model")
+    return open_benchmark(args.protocol, args.data, split=args.split, split_file=args.split_file,
+                          gt_root=args.gt_root, stride=args.stride, limit=args.limit)
+
+
+def load_predictor(model_path: Path, args: argparse.Namespace):
+    """The inference engine's DepthPredictor for ``model_path`` (imported lazily)."""
+    if not Path(model_path).is_file():
+        raise FileNotFoundError(f"--model: {model_path} does not exist")
+    from kd_depth_core.inference.predictor import DepthPredictor
+
+    return DepthPredictor(str(model_path), device=args.device, scale_mode=args.scale_mode)
+
+
+def load_predict_fn(model_path: Path, args: argparse.Namespace):
+    """(``predict_fn(image, K=None)``, whether the model predicts metric depth)."""
+    predictor = load_predictor(model_path, args)
+    print(predictor.describe(), file=sys.stderr)
+
+    def predict_fn(image, K=None):
+        return predictor.predict(image, K=K)
+
+    return predict_fn, getattr(predictor.metadata, "scale_kind", "relative") == "metric"
+
+
+def protocol_for_model(args: argparse.Namespace, metric: bool) -> Protocol:
+    """The protocol with overrides; without --[no-]median-scaling, metric models are not median-scaled."""
+    protocol = build_protocol(args)
+    if args.median_scaling is None and metric and protocol.median_scaling:
+        print("note: metric model: median scaling off (pass --median-scaling to force it)", file=sys.stderr)
+        protocol = protocol.replace(median_scaling=False)
+    return protocol
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a sample name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "image"
+
+
+def write_figures(out_dir: Path, result) -> list[Path]:
+    """Panels of the kept samples and, with uncertainty, sparsification/calibration plots."""
+    from kd_depth_core.eval import plots
+
+    paths = []
+    for index, visual in enumerate(result.visuals):
+        paths.append(plots.save_depth_panel(visual, out_dir / "panels" / f"{index:03d}_{safe_name(visual.name)}.png",
+                                            title=f"{result.label} — {result.protocol.name}"))
+    if result.uncertainty:
+        summaries = {result.label: result.uncertainty}
+        paths.append(plots.save_figure(plots.sparsification_figure(summaries), out_dir / "sparsification.png"))
+        paths.append(plots.save_figure(plots.calibration_figure(summaries), out_dir / "calibration.png"))
+    return paths
+
+
+def run(args: argparse.Namespace) -> int:
+    from kd_depth_core.eval.evaluate import evaluate
+    from kd_depth_core.eval.report import console_report, write_results
+
+    try:
+        build_protocol(args)  # option errors before the model loads
+        samples = open_samples(args)
+        predict_fn, metric = load_predict_fn(args.model, args)
+        protocol = protocol_for_model(args, metric)
+        label = args.label or Path(args.model).stem
+        result = evaluate(predict_fn, samples, protocol, label=label,
+                          num_visuals=args.panels if args.out is not None else 0, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    data = result.to_dict()
+    data["model"] = str(args.model)
+    data["data"] = str(args.data)
+    print(console_report(data))
+    if args.out is not None:
+        written = list(write_results(args.out, data).values()) + write_figures(args.out, result)
+        print(f"wrote {len(written)} files to {args.out}")
+    return 0

@@ -1,0 +1,177 @@
+"""Reports (JSON round trip, tables), figures, and the `evaluate` / `compare` commands."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from kd_depth_core.data.benchmarks import Sample
+from kd_depth_core.data.sequence import CameraModel, SequenceWriter, write_splits
+from kd_depth_core.eval import compare_cli, evaluate_cli, plots
+from kd_depth_core.eval.evaluate import evaluate
+from kd_depth_core.eval.protocols import get_protocol
+from kd_depth_core.eval.report import (
+    comparison_report,
+    console_report,
+    format_table,
+    load_result,
+    markdown_report,
+    read_json,
+    write_json,
+    write_results,
+)
+
+
+def _result(label: str = "student", scale: float = 0.5, with_sigma: bool = True) -> dict:
+    rng = np.random.default_rng(3)
+    samples = []
+    for i in range(3):
+        depth = rng.uniform(2.0, 20.0, (12, 16)).astype(np.float32)
+        samples.append(Sample(np.full((12, 16, 3), i, np.uint8), depth, f"img_{i}", {}))
+    by_value = {i: s.depth for i, s in enumerate(samples)}
+
+    def predict(image):
+        gt = by_value[int(image[0, 0, 0])]
+        pred = scale * gt * rng.uniform(0.9, 1.1, gt.shape)
+        return pred, (np.abs(pred - scale * gt) + 0.01 if with_sigma else None)
+
+    return evaluate(predict, samples, get_protocol("sequence"), label=label, progress=False, num_visuals=2)
+
+
+def test_results_round_trip_through_json_with_nan_as_null(tmp_path):
+    data = _result().to_dict()
+    data["mean"]["silog"] = float("nan")
+    paths = write_results(tmp_path, data)
+    loaded = read_json(paths["json"])
+    assert loaded["mean"]["silog"] is None
+    assert loaded["mean"]["abs_rel"] == pytest.approx(data["mean"]["abs_rel"])
+    assert loaded["per_image"][1]["name"] == "img_1" and loaded["num_images"] == 3
+    assert loaded["protocol"]["name"] == "sequence" and loaded["uncertainty"]["ause"]["abs_rel"] >= 0
+    assert json.loads(paths["json"].read_text()) == loaded  # strict JSON (no NaN tokens)
+    assert "| student |" in paths["markdown"].read_text()
+    assert load_result(paths["json"])["label"] == "student"
+    (tmp_path / "other.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="other.json: not a kd-depth results file"):
+        load_result(tmp_path / "other.json")
+
+
+def test_tables_format_values_and_mark_the_best():
+    rows = [("a", {"abs_rel": 0.1234, "a1": 0.8}), ("b", {"abs_rel": 0.1, "a1": 0.9, "rmse": math.nan})]
+    console = format_table(rows, ["abs_rel", "rmse", "a1"])
+    lines = console.splitlines()
+    assert lines[0].split() == ["model", "AbsRel↓", "RMSE↓", "δ<1.25↑"]
+    assert lines[2].split() == ["a", "0.123", "—", "0.800"]
+    assert lines[3].split() == ["b", "0.100*", "—", "0.900*"]
+    markdown = format_table(rows, ["abs_rel", "a1"], style="markdown")
+    assert markdown.splitlines()[3] == "| b | **0.100** | **0.900** |"
+    with pytest.raises(ValueError, match="unknown"):
+        format_table(rows, ["accuracy"])
+
+
+def test_console_and_markdown_reports_contain_the_protocol_table_and_extras():
+    data = _result().to_dict()
+    text = console_report(data)
+    assert "student on sequence: 3 images" in text and "SILog" in text
+    assert "Median scaling ratios: median 2.0" in text and "AUSE:" in text
+    page = markdown_report(data)
+    assert page.startswith("# student — sequence") and "## Worst 3 images by AbsRel" in page
+    both = comparison_report([data, _result("teacher", with_sigma=False).to_dict()])
+    assert "Comparison on sequence (3 images)" in both and "teacher" in both
+
+
+def _is_png(path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and cv2.imread(str(path)) is not None
+
+
+def test_figures_are_written_as_png(tmp_path):
+    result = _result()
+    panel = plots.save_depth_panel(result.visuals[0], tmp_path / "panel.png", title="t")
+    assert _is_png(panel)
+    summaries = {"student": result.uncertainty}
+    assert _is_png(plots.save_figure(plots.sparsification_figure(summaries, ["rmse"]), tmp_path / "sp.png"))
+    assert _is_png(plots.save_figure(plots.calibration_figure(summaries), tmp_path / "cal.png"))
+    rows = [{"student": result.visuals[0], "copy": result.visuals[0]}]
+    assert _is_png(plots.save_figure(plots.comparison_figure(rows), tmp_path / "cmp.png"))
+    masked = plots.display_map(np.where(np.arange(100).reshape(10, 10) == 55, 3.0, 0.0))
+    assert masked.count() == 25 and masked[4, 4] == 3.0  # one LiDAR point grown to 5x5 for display
+
+
+def test_training_curves_from_tensorboard_logs(tmp_path):
+    # TensorBoard's own event writer (the one torch's SummaryWriter wraps), without importing torch
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    writer = EventFileWriter(str(tmp_path / "tb"))
+    for step in range(5):
+        for tag, value in (("loss/total", 1.0 / (step + 1)), ("val/abs_rel", 0.2 - 0.01 * step)):
+            writer.add_event(Event(step=step, wall_time=1.0 + step,
+                                   summary=Summary(value=[Summary.Value(tag=tag, simple_value=value)])))
+    writer.close()
+    series = plots.read_tensorboard_scalars(tmp_path / "tb")
+    assert sorted(series) == ["loss/total", "val/abs_rel"]
+    assert series["loss/total"][0] == [0, 1, 2, 3, 4]
+    assert series["loss/total"][1][3] == pytest.approx(0.25)
+    assert _is_png(plots.save_figure(plots.training_curves_figure(series), tmp_path / "curves.png"))
+    with pytest.raises(ValueError, match="no scalar tag"):
+        plots.read_tensorboard_scalars(tmp_path / "tb", ["lr"])
+
+
+def _parse(module, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_compare_command_combines_saved_results(tmp_path, capsys):
+    write_json(tmp_path / "a" / "results.json", _result("student").to_dict())
+    write_json(tmp_path / "b" / "results.json", _result("teacher", scale=1.0).to_dict())
+    args = _parse(compare_cli, ["--results", str(tmp_path / "a" / "results.json"),
+                                "--results", str(tmp_path / "b" / "results.json"), "--out", str(tmp_path / "cmp")])
+    assert compare_cli.run(args) == 0
+    printed = capsys.readouterr().out
+    assert "student" in printed and "teacher" in printed
+    assert [r["label"] for r in read_json(tmp_path / "cmp" / "compare.json")["results"]] == ["student", "teacher"]
+    assert _is_png(tmp_path / "cmp" / "compare_metrics.png")
+    assert "| teacher |" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_evaluate_command_reports_a_missing_model_or_split(tmp_path, capsys):
+    args = _parse(evaluate_cli, ["--model", str(tmp_path / "none.safetensors"), "--data", str(tmp_path),
+                                 "--protocol", "kitti_eigen"])
+    assert evaluate_cli.run(args) == 2
+    assert "splits/eigen/test_files.txt" in capsys.readouterr().err  # no split list is shipped
+
+
+def test_evaluate_command_on_sequences_writes_table_results_and_panels(tmp_path, capsys, monkeypatch):
+    camera = CameraModel(16, 12, np.array([[8.0, 0, 8], [0, 8.0, 6], [0, 0, 1]]))
+    with SequenceWriter(tmp_path / "data" / "seq", camera, has_depth=True) as writer:
+        for i in range(3):
+            writer.add_frame(i + 1, np.full((12, 16, 3), 40 * i, np.uint8), depth=np.full((12, 16), 4.0 + i, np.float32))
+    write_splits(tmp_path / "data", {"test": ["seq"]})
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"")
+    # The DepthPredictor (inference engine) is not part of this test: a constant-depth predictor stands in.
+    seen_K = []
+
+    def predict(image, K=None):
+        seen_K.append(K)
+        return np.full(image.shape[:2], 2.0), None
+
+    monkeypatch.setattr(evaluate_cli, "load_predict_fn", lambda path, args: (predict, False))
+    args = _parse(evaluate_cli, ["--model", str(model), "--data", str(tmp_path / "data"), "--protocol", "sequence",
+                                 "--no-median-scaling", "--out", str(tmp_path / "out"), "--panels", "2", "--no-progress"])
+    assert evaluate_cli.run(args) == 0
+    assert "model on sequence: 3 images (no median scaling)" in capsys.readouterr().out
+    results = read_json(tmp_path / "out" / "results.json")
+    # gt 4, 5, 6 m vs 2 m: AbsRel 1/2, 3/5, 2/3
+    assert results["mean"]["abs_rel"] == pytest.approx((0.5 + 0.6 + 2 / 3) / 3)
+    assert results["protocol"]["median_scaling"] is False and results["scale_ratio"] is None
+    panels = sorted((tmp_path / "out" / "panels").iterdir())
+    assert [p.name for p in panels] == ["000_seq_000000.png", "001_seq_000002.png"] and all(map(_is_png, panels))
+    assert len(seen_K) == 3 and seen_K[0] == pytest.approx(camera.K)  # the sequence's intrinsics reach the model
+
