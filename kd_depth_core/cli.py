@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("kd_depth_core.eval.evaluate_cli",
                  "score a model on KITTI / NYUv2 / Make3D / DrivingStereo or our sequences"),
     "compare": ("kd_depth_core.eval.compare_cli", "several models (or saved results.json) in one table and one figure"),
+    "convert-bag": ("kd_depth_ros.bag_cli", "convert rosbag2 / ROS 1 bags into training sequences"),
     "demo": ("kd_depth_core.demo.demo_cli", "the whole pipeline on the built-in synthetic world (make demo)"),
 }
 

@@ -172,3 +172,27 @@ def test_dataset_rejects_missing_parts(tmp_path):
             writer.add_frame(i + 1, frame(i)["left"])
     with pytest.raises(SequenceError, match="mono: stereo=True but the sequence has no right images"):
         SequenceDataset(tmp_path, ["mono"], stereo=True)
+
+
+def test_background_write_failure_surfaces_and_leaves_nothing(tmp_path):
+    writer = SequenceWriter(tmp_path / "s", camera(), workers=2)
+    writer.add_frame(1, frame(0)["left"])
+    import shutil
+
+    writer._drain(wait=True)
+    shutil.rmtree(writer._tmp / "left")  # the disk "fails" under the writer
+    with pytest.raises(OSError, match="could not write"):  # at the next frame or at close, whichever sees it
+        writer.add_frame(2, frame(1)["left"])
+        writer.close()
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ensure_splits_holds_out_sequences_and_never_overwrites(tmp_path):
+    from kd_depth_core.data.sequence import ensure_splits
+
+    for name in ("s1", "s2", "s3"):
+        write(tmp_path / name, n=2)
+    assert ensure_splits(tmp_path) == {"train": ["s1", "s2"], "val": ["s3"], "test": ["s3"]}
+    assert read_split(tmp_path, "val") == ["s3"]
+    assert ensure_splits(tmp_path) is None  # existing splits are the user's

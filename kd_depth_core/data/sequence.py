@@ -20,6 +20,7 @@ import csv
 import io
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,12 +141,14 @@ class SequenceWriter:
 
     ``add_frame`` takes left RGB uint8 (H,W,3); optional right RGB, depth float32 metres (H,W),
     semantic uint8 (H,W) and pose T_world_camera (4,4). Stamps (ns) must increase.
+    ``workers`` threads encode images in the background (OpenCV releases the GIL); 0 encodes
+    in the caller's thread. Encoding errors surface at the next ``add_frame`` or at ``close``.
     """
 
     def __init__(self, out_dir: str | os.PathLike, camera: CameraModel, *, has_right: bool = False,
                  has_depth: bool = False, has_semantic: bool = False, semantic_classes: list[str] | None = None,
                  has_poses: bool = False, source: dict | None = None, image_format: str = "png",
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, workers: int | None = None) -> None:
         if image_format not in IMAGE_FORMATS:
             raise ValueError(f"image_format: expected one of {IMAGE_FORMATS}, got {image_format!r}")
         if has_right and camera.baseline is None:
@@ -167,6 +170,9 @@ class SequenceWriter:
         self._stamps: list[int] = []
         self._poses: list[np.ndarray] = []
         self._closed = False
+        workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="seq-writer") if workers > 0 else None
+        self._pending: list[Future] = []
 
     def __len__(self) -> int:
         return len(self._stamps)
@@ -181,12 +187,30 @@ class SequenceWriter:
                              f"got {image.dtype.name} {image.shape}")
         return image
 
-    def _write_image(self, sub: str, index: int, image: np.ndarray, ext: str) -> None:
+    @staticmethod
+    def _encode(path: Path, image: np.ndarray) -> None:
         if image.ndim == 3:
             image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        path = self._tmp / sub / f"{_stem(index)}.{ext}"
         if not cv2.imwrite(str(path), image):
             raise OSError(f"could not write {path}")
+
+    def _write_image(self, sub: str, index: int, image: np.ndarray, ext: str) -> None:
+        path = self._tmp / sub / f"{_stem(index)}.{ext}"
+        if self._pool is None:
+            self._encode(path, image)
+        else:
+            # The caller may reuse its buffer: the pool gets its own copy.
+            self._pending.append(self._pool.submit(self._encode, path, np.array(image, copy=True)))
+
+    def _drain(self, wait: bool) -> None:
+        """Re-raise the first failed background write; with ``wait``, wait for all of them."""
+        still = []
+        for future in self._pending:
+            if wait or future.done():
+                future.result()
+            else:
+                still.append(future)
+        self._pending = still
 
     def add_frame(self, stamp_ns: int, left: np.ndarray, right: np.ndarray | None = None,
                   depth: np.ndarray | None = None, semantic: np.ndarray | None = None,
@@ -197,6 +221,7 @@ class SequenceWriter:
         stamp_ns = int(stamp_ns)
         if self._stamps and stamp_ns <= self._stamps[-1]:
             raise ValueError(f"stamp_ns: stamps must increase, got {stamp_ns} after {self._stamps[-1]}")
+        self._drain(wait=len(self._pending) > 64)  # bounded memory: at most ~64 frames in flight
         index = len(self._stamps)
         self._write_image("left", index, self._check_image("left", left, 3, np.uint8), self.image_format)
         if self.has_right:
@@ -240,6 +265,12 @@ class SequenceWriter:
         if not self._stamps:
             self.abort()
             raise ValueError(f"{self.final}: no frames were added; nothing written")
+        try:
+            self._drain(wait=True)
+        except BaseException:
+            self.abort()
+            raise
+        self._shutdown_pool()
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["index", "stamp_ns"])
@@ -254,9 +285,16 @@ class SequenceWriter:
         self._closed = True
         return self.final
 
+    def _shutdown_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
     def abort(self) -> None:
         """Discard everything written so far."""
         self._closed = True
+        self._shutdown_pool()
+        self._pending = []
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> SequenceWriter:
@@ -448,3 +486,22 @@ def read_split(root: str | os.PathLike, name: str) -> list[str]:
     if not names:
         raise SequenceError(f"{path}: lists no sequences")
     return names
+
+
+def ensure_splits(root: str | os.PathLike, val_every: int = 10) -> dict[str, list[str]] | None:
+    """Write default ``splits/`` for a root that has none: every ``val_every``-th sequence (at least one
+    when there are two or more) is held out as ``val`` and ``test``; the rest is ``train``.
+    Returns the splits written, or None when split files already exist (they are never touched)."""
+    root = Path(root)
+    if any((root / "splits" / f"{name}.txt").is_file() for name in SPLIT_NAMES):
+        return None
+    names = list_sequences(root)
+    if not names:
+        return None
+    held = names[val_every - 1::val_every] or (names[-1:] if len(names) >= 2 else [])
+    splits = {"train": [n for n in names if n not in held] or names}
+    if held:
+        splits["val"] = held
+        splits["test"] = held
+    write_splits(root, splits)
+    return splits

@@ -1,0 +1,54 @@
+"""Record live camera topics into training sequences: `ros2 launch kd_depth_ros recorder.launch.py output_dir:=DIR`.
+
+Defaults live in config/recorder.yaml; launch arguments set the output folder, the topics (remapped
+onto the node's relative names), stereo mode and sim time. Start/stop with the node's ~/start and
+~/stop services (std_srvs/Trigger) when autostart is false.
+"""
+from pathlib import Path
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition, UnlessCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+from launch import LaunchDescription
+
+
+def generate_launch_description() -> LaunchDescription:
+    default_params = str(Path(get_package_share_directory("kd_depth_ros")) / "config" / "recorder.yaml")
+    args = [
+        DeclareLaunchArgument("params_file", default_value=default_params, description="recorder parameters (YAML)"),
+        DeclareLaunchArgument("output_dir", description="dataset root the sequences are written into"),
+        DeclareLaunchArgument("stereo", default_value="false", description="record a stereo pair"),
+        DeclareLaunchArgument("autostart", default_value="true", description="record from launch"),
+        DeclareLaunchArgument("image", default_value="/camera/image_raw", description="mono image topic"),
+        DeclareLaunchArgument("camera_info", default_value="/camera/camera_info", description="mono camera_info"),
+        DeclareLaunchArgument("left_image", default_value="/stereo/left/image_raw", description="stereo left image"),
+        DeclareLaunchArgument("left_camera_info", default_value="/stereo/left/camera_info"),
+        DeclareLaunchArgument("right_image", default_value="/stereo/right/image_raw", description="stereo right image"),
+        DeclareLaunchArgument("right_camera_info", default_value="/stereo/right/camera_info"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag playback)"),
+    ]
+    overrides = {
+        "output_dir": LaunchConfiguration("output_dir"),
+        "stereo": ParameterValue(LaunchConfiguration("stereo"), value_type=bool),
+        "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool),
+        "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
+    }
+    params = [LaunchConfiguration("params_file"), overrides]
+    mono = Node(
+        package="kd_depth_ros", executable="recorder_node", name="recorder_node", output="screen",
+        parameters=params, condition=UnlessCondition(LaunchConfiguration("stereo")),
+        remappings=[("image", LaunchConfiguration("image")), ("camera_info", LaunchConfiguration("camera_info"))],
+    )
+    stereo = Node(
+        package="kd_depth_ros", executable="recorder_node", name="recorder_node", output="screen",
+        parameters=params, condition=IfCondition(LaunchConfiguration("stereo")),
+        remappings=[("left/image", LaunchConfiguration("left_image")),
+                    ("left/camera_info", LaunchConfiguration("left_camera_info")),
+                    ("right/image", LaunchConfiguration("right_image")),
+                    ("right/camera_info", LaunchConfiguration("right_camera_info"))],
+    )
+    return LaunchDescription([*args, mono, stereo])

@@ -1,0 +1,149 @@
+"""Bad bags and bad requests give a named error, say what was expected, and leave no partial output."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bag_fixtures as bf  # noqa: E402
+
+from kd_depth_core.data.sequence import Sequence  # noqa: E402
+from kd_depth_ros import bag_converter as bc  # noqa: E402
+from kd_depth_ros.bag_converter import ConvertOptions, convert_bag, convert_bags  # noqa: E402
+
+W, H = 64, 48
+K = bf.intrinsics(W, H)
+T0, DT = 2_000_000_000, 100_000_000
+
+
+def mono_bag(path: Path, storage: str = "sqlite3", frames: int = 6, encoding: str = "rgb8",
+             info: bool = True, extra: list | None = None) -> Path:
+    msgs = []
+    for i, frame in enumerate(bf.textured_frames(frames, W, H)):
+        if encoding == "32FC1":  # a depth image: not something a camera sequence can hold
+            depth = np.full((H, W), 3.0, np.float32)
+            msgs.append(bf.image("/cam/image_raw", depth.view(np.uint8).reshape(H, W * 4), T0 + i * DT,
+                                 encoding="32FC1"))
+            msgs[-1].fields.update(width=W, step=W * 4)
+        else:
+            msgs.append(bf.image("/cam/image_raw", frame, T0 + i * DT, encoding=encoding))
+        if info:
+            msgs.append(bf.camera_info("/cam/camera_info", T0 + i * DT, W, H, K))
+    return bf.write_bag(path, msgs + (extra or []), storage)
+
+
+def assert_no_output(out: Path) -> None:
+    """Nothing was left behind: no sequence, no hidden temporary folder."""
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def _data_file(bag: Path) -> Path:
+    return next(p for p in bag.iterdir() if p.suffix in (".db3", ".mcap"))
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_truncated_bag_is_a_read_error(tmp_path, storage):
+    bag = mono_bag(tmp_path / "cut", storage)
+    data = _data_file(bag)
+    with open(data, "r+b") as handle:
+        handle.truncate(data.stat().st_size * 2 // 3)
+    with pytest.raises(bc.BagReadError, match=r"cut.*(corrupt|truncated)"):
+        convert_bag(bag, tmp_path / "out")
+    assert_no_output(tmp_path / "out")
+
+
+def test_error_midway_discards_the_sequence_in_progress(tmp_path):
+    """Frames 0-3 are written into a temporary folder; frame 4 is a depth image: the error removes it all."""
+    frames = bf.textured_frames(6, W, H)
+    msgs = [bf.camera_info("/cam/camera_info", T0 + i * DT, W, H, K) for i in range(6)]
+    msgs += [bf.image("/cam/image_raw", frames[i], T0 + i * DT) for i in range(4)]
+    depth = bf.image("/cam/image_raw", np.zeros((H, W * 4), np.uint8), T0 + 4 * DT, encoding="32FC1")
+    depth.fields.update(width=W)
+    bag = bf.write_bag(tmp_path / "mixed", msgs + [depth], "mcap")
+    with pytest.raises(bc.UnsupportedEncodingError, match=r"mixed: /cam/image_raw at stamp 2400000000 ns.*'32FC1'"):
+        convert_bag(bag, tmp_path / "out")
+    assert_no_output(tmp_path / "out")
+
+
+def test_missing_bag_and_not_a_bag(tmp_path):
+    with pytest.raises(bc.BagNotFoundError, match="nowhere"):
+        convert_bags([tmp_path / "nowhere"], tmp_path / "out")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(bc.BagReadError, match="metadata.yaml"):
+        convert_bag(tmp_path / "folder", tmp_path / "out")
+    junk = tmp_path / "junk.mcap"
+    junk.write_bytes(b"not an mcap file at all")
+    with pytest.raises(bc.BagReadError, match="junk.mcap"):
+        convert_bag(junk, tmp_path / "out")
+    assert_no_output(tmp_path / "out")
+
+
+def test_bag_without_image_topics_lists_what_it_has(tmp_path):
+    bag = bf.write_bag(tmp_path / "infos", [bf.camera_info("/cam/camera_info", T0, W, H, K)], "sqlite3")
+    with pytest.raises(bc.TopicNotFoundError, match=r"no image topics.*/cam/camera_info \(sensor_msgs/msg/CameraInfo\)"):
+        convert_bag(bag, tmp_path / "out")
+    assert_no_output(tmp_path / "out")
+
+
+def test_wrong_topic_name_lists_the_image_topics(tmp_path):
+    bag = mono_bag(tmp_path / "cam")
+    with pytest.raises(bc.TopicNotFoundError, match=r"'/camera/image'.*image topics present: /cam/image_raw "
+                                                    r"\(sensor_msgs/msg/Image, 6 msgs\)"):
+        convert_bag(bag, tmp_path / "out", ConvertOptions(image_topic="/camera/image"))
+    with pytest.raises(bc.TopicNotFoundError, match=r"'/cam/camera_info'.*is sensor_msgs/msg/CameraInfo"):
+        convert_bag(bag, tmp_path / "out", ConvertOptions(image_topic="/cam/camera_info"))
+    assert_no_output(tmp_path / "out")
+
+
+def test_missing_camera_info_is_named(tmp_path):
+    bag = mono_bag(tmp_path / "nocal", info=False)
+    with pytest.raises(bc.CameraInfoNotFoundError, match=r"no camera_info for /cam/image_raw.*'/cam/camera_info' "
+                                                         r"not found.*--camera-info-topic"):
+        convert_bag(bag, tmp_path / "out")
+    assert_no_output(tmp_path / "out")
+
+
+def test_unsupported_encoding_is_named(tmp_path):
+    bag = mono_bag(tmp_path / "depthcam", encoding="32FC1")
+    with pytest.raises(bc.UnsupportedEncodingError, match=r"'32FC1'.*expected one of.*rgb8"):
+        convert_bag(bag, tmp_path / "out")
+    assert_no_output(tmp_path / "out")
+
+
+def test_lidar_without_tf_static_is_named(tmp_path):
+    bag = mono_bag(tmp_path / "notf", extra=[bf.pointcloud("/points", np.ones((3, 3)), T0)])
+    with pytest.raises(bc.TransformNotFoundError, match="/tf_static"):
+        convert_bag(bag, tmp_path / "out", ConvertOptions(lidar_topic="/points"))
+    tf = [bf.tf_static(0, [("base_link", "camera_optical_frame", (0, 0, 0), (0, 0, 0, 1))])]
+    bag = mono_bag(tmp_path / "wrongtf", extra=[bf.pointcloud("/points", np.ones((3, 3)), T0)] + tf)
+    with pytest.raises(bc.TransformNotFoundError, match=r"\['lidar'\] not found.*base_link, camera_optical_frame"):
+        convert_bag(bag, tmp_path / "out", ConvertOptions(lidar_topic="/points"))
+    assert_no_output(tmp_path / "out")
+
+
+def test_existing_output_is_never_overwritten_without_force(tmp_path):
+    bag = mono_bag(tmp_path / "cam")
+    out = tmp_path / "out"
+    (out / "cam_000").mkdir(parents=True)
+    (out / "cam_000" / "notes.txt").write_text("mine")
+    with pytest.raises(bc.OutputExistsError, match=r"cam_000: output exists.*--force"):
+        convert_bag(bag, out)
+    assert (out / "cam_000" / "notes.txt").read_text() == "mine"
+    convert_bag(bag, out, ConvertOptions(force=True))
+    assert len(Sequence(out / "cam_000")) == 6
+
+
+def test_cli_reports_errors_with_exit_code(tmp_path, capsys):
+    bag = mono_bag(tmp_path / "cam")
+    code = bc.main([str(bag), "--out", str(tmp_path / "out"), "--image-topic", "/nope", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "TopicNotFoundError" in err and "/cam/image_raw" in err
+    assert bc.main([str(bag), "--out", str(tmp_path / "out"), "--max-gap", "0"]) == 2
+    assert "max_gap: expected > 0 s" in capsys.readouterr().err
+    assert bc.main([str(tmp_path / "absent"), "--out", str(tmp_path / "out")]) == 1
+    assert "bag not found" in capsys.readouterr().err
+    assert_no_output(tmp_path / "out")
