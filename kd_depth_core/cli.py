@@ -16,6 +16,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("kd_depth_core.eval.evaluate_cli",
                  "score a model on KITTI / NYUv2 / Make3D / DrivingStereo or our sequences"),
     "compare": ("kd_depth_core.eval.compare_cli", "several models (or saved results.json) in one table and one figure"),
+    "predict": ("kd_depth_core.inference.predict_cli",
+                "depth for images, folders and videos: 16-bit PNG (mm), .npy, colour, PLY"),
+    "export": ("kd_depth_core.inference.export_cli",
+               "export a released model to ONNX or TorchScript and check it against PyTorch"),
+    "bench": ("kd_depth_core.inference.bench_cli",
+              "inference latency, throughput and memory per model x backend x size x batch"),
     "convert-bag": ("kd_depth_ros.bag_cli", "convert rosbag2 / ROS 1 bags into training sequences"),
     "demo": ("kd_depth_core.demo.demo_cli", "the whole pipeline on the built-in synthetic world (make demo)"),
 }

@@ -1,0 +1,214 @@
+"""``DepthPredictor``: numpy image in, metric depth (and its uncertainty) in metres out.
+
+    predictor = DepthPredictor("model.safetensors", device="auto")
+    pred = predictor.predict(image_rgb_uint8, K=K)         # K: 3×3 intrinsics of *this* image
+    pred.depth        # (H, W) float32 metres (size of the input image, or the network's with output='model')
+    pred.uncertainty  # (H, W) float32 std of depth in metres, or None
+    pred.scale_info   # how depth was scaled (inference/scale.py)
+
+The preprocessing (resize to the network input, scale to [0, 1]) comes from the model's
+metadata and is built once; normalisation and disparity -> depth run inside the backend's
+graph (``inference/export.py``). Threading: ``predict`` keeps no per-call state on the
+predictor, and the backend call is serialised by a lock, so one thread may predict while
+another prepares the next frame.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from kd_depth_core.geometry import scale_intrinsics
+from kd_depth_core.inference.backends import BACKENDS, Backend, create_backend, open_export
+from kd_depth_core.inference.export import TORCHSCRIPT_SUFFIX, metadata_at_size
+from kd_depth_core.inference.preprocess import Preprocessor, resize_map, round_to_multiple
+from kd_depth_core.inference.scale import ScaleInfo, ScaleStrategy, make_scale
+from kd_depth_core.models.io import ModelMetadata, load_model
+
+OUTPUT_RESOLUTIONS = ("input", "model")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One frame's result. ``depth`` (H, W) float32 metres; ``uncertainty`` (H, W) float32 std in metres or None."""
+
+    depth: np.ndarray
+    uncertainty: np.ndarray | None
+    scale_info: ScaleInfo
+
+
+def _check_K(K: np.ndarray | None, name: str = "K") -> np.ndarray | None:
+    if K is None:
+        return None
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3) or not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise ValueError(f"{name}: expected 3×3 intrinsics in pixels with fx, fy > 0, got {K.tolist()}")
+    return K
+
+
+class DepthPredictor:
+    """Depth from numpy images with a released model (``.safetensors``), an export, or ``(model, metadata)``.
+
+    Args:
+        model: path to a ``.safetensors`` released model, an ``.onnx`` or ``.torchscript`` export,
+            or ``(nn.Module, ModelMetadata)`` (the module is copied, never changed).
+        device: 'auto' (CUDA when present), 'cpu' or 'cuda[:N]'.
+        precision: 'fp32', 'fp16' (CUDA only) or 'bf16' (torch and torchscript backends).
+        backend: 'auto' (by file type; torch for modules), 'torch', 'torchscript' or 'onnxruntime'.
+        output: 'input' — depth at the input image's size; 'model' — at the network resolution.
+        scale_mode: 'auto', 'none', 'focal', 'fixed' or 'ground_plane' (``inference/scale.py``);
+            or a ready strategy object.
+        K: default 3×3 intrinsics (pixels) of the images to come; ``predict(K=...)`` overrides.
+        scale_factor: for 'fixed'. camera_height: metres, for 'ground_plane'.
+        input_size: (height, width) to run the network at instead of the metadata's (rounded
+            to the size multiple; torch backends only — exports have a fixed size).
+        bgr: default channel order of 3/4-channel images (True for OpenCV images).
+        ground_options: extra keyword arguments of :class:`~kd_depth_core.inference.scale.GroundPlaneScale`.
+    """
+
+    def __init__(self, model: str | os.PathLike | tuple[nn.Module, ModelMetadata], device: str = "auto",
+                 precision: str = "fp32", backend: str = "auto", output: str = "input",
+                 scale_mode: str | ScaleStrategy = "auto", K: np.ndarray | None = None,
+                 scale_factor: float | None = None, camera_height: float | None = None,
+                 input_size: tuple[int, int] | None = None, bgr: bool = False,
+                 ground_options: dict | None = None) -> None:
+        if output not in OUTPUT_RESOLUTIONS:
+            raise ValueError(f"output: expected one of {', '.join(OUTPUT_RESOLUTIONS)}, got {output!r}")
+        if backend != "auto" and backend not in BACKENDS:
+            raise ValueError(f"backend: expected 'auto' or one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.source = "(model, metadata)"
+        self.num_parameters: int | None = None
+        if isinstance(model, tuple):
+            network, metadata = model
+            if not isinstance(network, nn.Module) or not isinstance(metadata, ModelMetadata):
+                raise TypeError("model: expected a path or a (nn.Module, ModelMetadata) tuple")
+            self._backend, self.metadata = self._build(network, metadata, backend, device, precision, input_size)
+        else:
+            path = Path(model)
+            self.source = str(path)
+            if path.suffix in (".onnx", TORCHSCRIPT_SUFFIX):
+                expected = "onnxruntime" if path.suffix == ".onnx" else "torchscript"
+                if backend not in ("auto", expected):
+                    raise ValueError(f"{path}: a '{path.suffix}' export runs with backend '{expected}', "
+                                     f"not {backend!r} (use the .safetensors model for other backends)")
+                if precision != "fp32":
+                    raise ValueError(f"{path}: exports run in fp32; use the .safetensors model for {precision}")
+                if input_size is not None:
+                    raise ValueError(f"{path}: exports have a fixed input size; re-export with --height/--width")
+                self._backend, self.metadata = open_export(path, device=device)
+            else:
+                network, metadata = load_model(path, device="cpu")
+                self._backend, self.metadata = self._build(network, metadata, backend, device, precision, input_size)
+        meta = self.metadata
+        self.output = output
+        self.bgr = bool(bgr)
+        self.K = _check_K(K)
+        self.preprocess = Preprocessor(meta.input_height, meta.input_width)
+        if isinstance(scale_mode, str):
+            self.scale: ScaleStrategy = make_scale(scale_mode, meta.scale_kind, meta.focal_length_px,
+                                                   factor=scale_factor, camera_height=camera_height,
+                                                   **(ground_options or {}))
+        else:
+            self.scale = scale_mode
+        self._lock = threading.Lock()
+
+    def _build(self, network: nn.Module, metadata: ModelMetadata, backend: str, device: str, precision: str,
+               input_size: tuple[int, int] | None) -> tuple[Backend, ModelMetadata]:
+        if input_size is not None:
+            height, width = (round_to_multiple(int(v), metadata.size_multiple) for v in input_size)
+            metadata = metadata_at_size(metadata, height, width)
+        self.num_parameters = sum(p.numel() for p in network.parameters())
+        kind = "torch" if backend == "auto" else backend
+        return create_backend(kind, network, metadata, device, precision), metadata
+
+    # ------------------------------------------------------------------ info
+    @property
+    def device(self) -> str:
+        """Where the network runs: 'cpu', 'cuda', 'cuda:0', ..."""
+        return self._backend.device
+
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    def describe(self) -> str:
+        """One line: model, input size, depth kind, backend, device, precision, scale mode."""
+        params = f", {self.num_parameters / 1e6:.2f} M params" if self.num_parameters is not None else ""
+        return (f"DepthPredictor({self.metadata.describe()}{params}; backend {self._backend.describe()}; "
+                f"output at {self.output} resolution; scale {self.scale.mode}; from {self.source})")
+
+    # ------------------------------------------------------------------ running
+    def warmup(self, iterations: int = 2, batch: int = 1) -> None:
+        """Run the network on blank inputs (first-call allocation, cuDNN autotuning, ORT graph init)."""
+        height, width = self._backend.input_size
+        blank = np.zeros((batch, 3, height, width), dtype=np.float32)
+        inputs = (blank, blank) if self.metadata.stereo else (blank,)
+        for _ in range(iterations):
+            with self._lock:
+                self._backend.run(*inputs)
+
+    def predict(self, image: np.ndarray, K: np.ndarray | None = None, bgr: bool | None = None) -> Prediction:
+        """One image (see ``inference/preprocess.py`` for accepted shapes/dtypes) -> Prediction."""
+        return self.predict_batch([image], K=K, bgr=bgr)[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray], K: np.ndarray | Sequence[np.ndarray] | None = None,
+                      bgr: bool | None = None) -> list[Prediction]:
+        """Several images (any sizes) in one network call; ``K`` is one 3×3 for all or one per image."""
+        if self.metadata.stereo:
+            raise ValueError("this is a stereo model: call predict_stereo(left, right)")
+        images = list(images)
+        batch = self.preprocess.batch(images, self.bgr if bgr is None else bgr)
+        return self._finish(self._run(batch), images, self._per_image_K(K, len(images)))
+
+    def predict_stereo(self, left: np.ndarray, right: np.ndarray, K: np.ndarray | None = None,
+                       bgr: bool | None = None) -> Prediction:
+        """A rectified stereo pair (same size) -> Prediction for the left view."""
+        if not self.metadata.stereo:
+            raise ValueError("this is a monocular model: call predict(image)")
+        if np.shape(left)[:2] != np.shape(right)[:2]:
+            raise ValueError(f"left/right: expected images of the same size, got {np.shape(left)} and "
+                             f"{np.shape(right)}")
+        order = self.bgr if bgr is None else bgr
+        inputs = (self.preprocess(left, order, "left")[None], self.preprocess(right, order, "right")[None])
+        return self._finish(self._run(*inputs), [left], self._per_image_K(K, 1))[0]
+
+    def _run(self, *inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        with self._lock:
+            return self._backend.run(*inputs)
+
+    def _per_image_K(self, K, count: int) -> list[np.ndarray | None]:
+        if K is None:
+            return [self.K] * count
+        if np.ndim(K) == 2:
+            return [_check_K(K)] * count
+        Ks = list(K)
+        if len(Ks) != count:
+            raise ValueError(f"K: expected one 3×3 matrix or {count} of them, got {len(Ks)}")
+        return [_check_K(k, f"K[{i}]") for i, k in enumerate(Ks)]
+
+    def _finish(self, outputs: tuple[np.ndarray, np.ndarray | None], images: list[np.ndarray],
+                Ks: list[np.ndarray | None]) -> list[Prediction]:
+        depth_batch, uncertainty_batch = outputs
+        net_h, net_w = depth_batch.shape[-2:]
+        results = []
+        for i, (image, K) in enumerate(zip(images, Ks)):
+            img_h, img_w = image.shape[:2]
+            K_net = None if K is None else scale_intrinsics(K, net_w / img_w, net_h / img_h)
+            depth = depth_batch[i, 0]
+            info = self.scale(depth, K_net)
+            uncertainty = None if uncertainty_batch is None else uncertainty_batch[i, 0]
+            if info.factor != 1.0:
+                depth = depth * np.float32(info.factor)
+                uncertainty = None if uncertainty is None else uncertainty * np.float32(info.factor)
+            if self.output == "input":
+                depth = resize_map(depth, img_h, img_w)
+                uncertainty = None if uncertainty is None else resize_map(uncertainty, img_h, img_w)
+            results.append(Prediction(np.ascontiguousarray(depth, dtype=np.float32),
+                                      None if uncertainty is None else np.ascontiguousarray(uncertainty, np.float32),
+                                      info))
+        return results
