@@ -1,0 +1,387 @@
+"""ROS message <-> numpy conversions: the one place kd_depth_ros turns messages into arrays and back.
+
+Everything is vectorised: images are read with ``np.ndarray`` views over ``msg.data`` (row padding
+given by ``step`` is skipped with strides, no per-pixel Python) and messages are built from numpy
+buffers (``array.array('B')`` from the array's bytes, one memcpy). Conventions (REP 118, see
+docs/architecture.md): depth is ``32FC1`` metres with NaN for "no estimate"; ``16UC1`` depth is
+millimetres with 0 = invalid. Images handed to the core are RGB ``uint8`` (H, W, 3), gray (H, W)
+``uint8`` or ``uint16``.
+
+Bad messages raise ``ValueError`` naming the field (``encoding``, ``step``, ``data``, ``format``,
+``k``/``p``) and what was expected.
+"""
+from __future__ import annotations
+
+import array
+
+import cv2
+import numpy as np
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField, RegionOfInterest
+from std_msgs.msg import Header
+from stereo_msgs.msg import DisparityImage
+
+# encoding -> (numpy dtype, channels)
+ENCODINGS: dict[str, tuple[np.dtype, int]] = {
+    "rgb8": (np.dtype(np.uint8), 3),
+    "bgr8": (np.dtype(np.uint8), 3),
+    "rgba8": (np.dtype(np.uint8), 4),
+    "bgra8": (np.dtype(np.uint8), 4),
+    "mono8": (np.dtype(np.uint8), 1),
+    "mono16": (np.dtype(np.uint16), 1),
+    "16UC1": (np.dtype(np.uint16), 1),
+    "32FC1": (np.dtype(np.float32), 1),
+}
+"""Supported ``sensor_msgs/Image`` encodings."""
+
+IMAGE_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "16UC1")
+"""Encodings accepted as *camera* input by the depth nodes (32FC1 is depth, not a camera image)."""
+
+DEPTH_ENCODINGS = ("32FC1", "16UC1")
+"""Depth encodings: 32FC1 metres (NaN invalid) and 16UC1 millimetres (0 invalid)."""
+
+COMPRESSED_FORMATS = ("jpeg", "png")
+
+_TO_RGB = {"bgr8": cv2.COLOR_BGR2RGB, "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB}
+
+
+def _as_uint8_array(buffer) -> array.array:
+    """A message ``uint8[]`` field value from any C-contiguous buffer (one memcpy, no per-element checks)."""
+    data = array.array("B")
+    data.frombytes(memoryview(buffer).cast("B"))
+    return data
+
+
+# --------------------------------------------------------------------------- Image <-> numpy
+def image_to_numpy(msg: Image) -> np.ndarray:
+    """``sensor_msgs/Image`` -> array (H, W) or (H, W, C) in the message's encoding and dtype.
+
+    Returns a view over ``msg.data`` (no copy) when the byte order is native; padded rows
+    (``step`` > width * pixel bytes) are skipped with strides. Big-endian data is byte-swapped
+    into a native-order copy.
+    """
+    if msg.encoding not in ENCODINGS:
+        raise ValueError(f"encoding: unsupported {msg.encoding!r}; expected one of {', '.join(ENCODINGS)}")
+    dtype, channels = ENCODINGS[msg.encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"height/width: expected a non-empty image, got {width}x{height}")
+    row_bytes = width * channels * dtype.itemsize
+    if step < row_bytes:
+        raise ValueError(f"step: {step} bytes is less than width*channels*bytes = {row_bytes} for "
+                         f"{msg.encoding} {width}x{height}")
+    if step % dtype.itemsize:
+        raise ValueError(f"step: {step} is not a multiple of the {dtype.itemsize}-byte {msg.encoding} element")
+    buffer = np.frombuffer(msg.data, dtype=np.uint8)
+    expected = step * height
+    if buffer.size != expected:
+        raise ValueError(f"data: expected step*height = {step}*{height} = {expected} bytes, got {buffer.size}")
+    byte_order = ">" if msg.is_bigendian else "<"
+    wire_dtype = dtype.newbyteorder(byte_order) if dtype.itemsize > 1 else dtype
+    shape = (height, width, channels) if channels > 1 else (height, width)
+    strides = (step, channels * dtype.itemsize, dtype.itemsize) if channels > 1 else (step, dtype.itemsize)
+    image = np.ndarray(shape, dtype=wire_dtype, buffer=buffer, strides=strides)
+    if wire_dtype != dtype:
+        image = image.astype(dtype)
+    return image
+
+
+def numpy_to_image(image: np.ndarray, encoding: str, header: Header | None = None) -> Image:
+    """Array (H, W) or (H, W, C) -> ``sensor_msgs/Image`` (dense rows, little-endian, data built from the buffer)."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding: unsupported {encoding!r}; expected one of {', '.join(ENCODINGS)}")
+    dtype, channels = ENCODINGS[encoding]
+    image = np.asarray(image)
+    expected_ndim = 2 if channels == 1 else 3
+    if image.ndim == 3 and channels == 1 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim != expected_ndim or (channels > 1 and image.shape[2] != channels):
+        raise ValueError(f"image: {encoding} needs shape {'(H, W)' if channels == 1 else f'(H, W, {channels})'}, "
+                         f"got {image.shape}")
+    if image.dtype != dtype:
+        raise ValueError(f"image: {encoding} needs dtype {dtype}, got {image.dtype}")
+    image = np.ascontiguousarray(image, dtype=dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype)
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(image.shape[0]), int(image.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(image.shape[1] * channels * dtype.itemsize)
+    msg.data = _as_uint8_array(image)
+    return msg
+
+
+def to_model_input(image: np.ndarray, encoding: str) -> np.ndarray:
+    """Camera array in ``encoding`` -> what the predictor takes: RGB uint8 (H, W, 3) or gray (H, W) uint8/uint16."""
+    if encoding not in IMAGE_ENCODINGS:
+        raise ValueError(f"encoding: {encoding!r} is not a camera image; expected one of {', '.join(IMAGE_ENCODINGS)}")
+    if encoding in _TO_RGB:
+        return cv2.cvtColor(image, _TO_RGB[encoding])
+    return image
+
+
+def image_msg_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
+    """Camera message (raw or compressed) -> RGB uint8 (H, W, 3), or gray (H, W) uint8/uint16 for mono input."""
+    if isinstance(msg, CompressedImage):
+        image, encoding = compressed_to_numpy(msg)
+    else:
+        image, encoding = image_to_numpy(msg), msg.encoding
+    return to_model_input(image, encoding)
+
+
+# --------------------------------------------------------------------------- CompressedImage <-> numpy
+def compressed_to_numpy(msg: CompressedImage) -> tuple[np.ndarray, str]:
+    """``sensor_msgs/CompressedImage`` (jpeg / png, as image_transport writes them) -> (array, encoding).
+
+    Colour images come back as ``rgb8`` or ``rgba8``; gray ones as ``mono8`` / ``mono16`` (16-bit PNG).
+    The ``compressedDepth`` transport (a custom header before the PNG) is not supported.
+    """
+    fmt = msg.format.lower()
+    if "compresseddepth" in fmt:
+        raise ValueError(f"format: {msg.format!r} (compressedDepth) is not supported; use jpeg or png")
+    if fmt and not any(name in fmt for name in (*COMPRESSED_FORMATS, "jpg")):
+        raise ValueError(f"format: unsupported {msg.format!r}; expected jpeg or png")
+    buffer = np.frombuffer(msg.data, dtype=np.uint8)
+    if buffer.size == 0:
+        raise ValueError("data: empty CompressedImage")
+    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"data: {buffer.size} bytes could not be decoded as {msg.format or 'jpeg/png'}")
+    if image.ndim == 2:
+        return image, ("mono16" if image.dtype == np.uint16 else "mono8")
+    if image.dtype != np.uint8:
+        image = (image >> 8).astype(np.uint8)  # 16-bit colour PNG -> 8 bits per channel
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA), "rgba8"
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), "rgb8"
+
+
+def numpy_to_compressed(image: np.ndarray, fmt: str = "jpeg", header: Header | None = None,
+                        jpeg_quality: int = 90) -> CompressedImage:
+    """RGB uint8 (H, W, 3) or gray (H, W) uint8/uint16 (png only) -> ``sensor_msgs/CompressedImage``."""
+    if fmt not in COMPRESSED_FORMATS:
+        raise ValueError(f"format: unsupported {fmt!r}; expected one of {', '.join(COMPRESSED_FORMATS)}")
+    image = np.asarray(image)
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if fmt == "jpeg" else []
+    ok, encoded = cv2.imencode(".jpg" if fmt == "jpeg" else ".png", bgr, params)
+    if not ok:
+        raise ValueError(f"image: OpenCV could not encode shape {image.shape} dtype {image.dtype} as {fmt}")
+    msg = CompressedImage()
+    if header is not None:
+        msg.header = header
+    msg.format = fmt
+    msg.data = _as_uint8_array(encoded)
+    return msg
+
+
+# --------------------------------------------------------------------------- depth
+def depth_to_image(depth: np.ndarray, header: Header | None = None, encoding: str = "32FC1") -> Image:
+    """Depth (H, W) metres (NaN / <= 0 invalid) -> Image ``32FC1`` metres (NaN invalid) or ``16UC1`` mm (0 invalid).
+
+    For 16UC1, depths are rounded to the millimetre; values beyond 65.535 m cannot be stored and become 0.
+    """
+    depth = np.asarray(depth, dtype=np.float32)
+    if depth.ndim != 2:
+        raise ValueError(f"depth: expected shape (H, W), got {depth.shape}")
+    if encoding == "32FC1":
+        return numpy_to_image(depth, "32FC1", header)
+    if encoding == "16UC1":
+        return numpy_to_image(metres_to_millimetres(depth), "16UC1", header)
+    raise ValueError(f"encoding: depth must be one of {', '.join(DEPTH_ENCODINGS)}, got {encoding!r}")
+
+
+def image_to_depth(msg: Image) -> np.ndarray:
+    """Depth Image (32FC1 metres or 16UC1 millimetres) -> float32 (H, W) metres, NaN = invalid."""
+    if msg.encoding not in DEPTH_ENCODINGS:
+        raise ValueError(f"encoding: depth must be one of {', '.join(DEPTH_ENCODINGS)}, got {msg.encoding!r}")
+    image = image_to_numpy(msg)
+    if msg.encoding == "16UC1":
+        return millimetres_to_metres(image)
+    depth = np.array(image, dtype=np.float32)
+    depth[~(depth > 0)] = np.nan  # also catches NaN; keeps +inf as REP 117 "out of range far"
+    return depth
+
+
+def millimetres_to_metres(depth_mm: np.ndarray) -> np.ndarray:
+    """uint16 millimetres (0 = invalid) -> float32 metres (NaN = invalid)."""
+    depth = np.asarray(depth_mm).astype(np.float32) * np.float32(1e-3)
+    depth[np.asarray(depth_mm) == 0] = np.nan
+    return depth
+
+
+def metres_to_millimetres(depth_m: np.ndarray) -> np.ndarray:
+    """float metres (NaN / <= 0 invalid) -> uint16 millimetres (0 = invalid, also for depths > 65.535 m)."""
+    depth_mm = np.rint(np.asarray(depth_m, dtype=np.float64) * 1000.0)
+    valid = np.isfinite(depth_mm) & (depth_mm > 0) & (depth_mm <= 65535)
+    return np.where(valid, depth_mm, 0).astype(np.uint16)
+
+
+# --------------------------------------------------------------------------- CameraInfo
+def camera_matrix(info: CameraInfo) -> np.ndarray:
+    """K (3, 3) float64 from ``CameraInfo.k``; ValueError if it is all zeros (an uncalibrated camera)."""
+    K = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise ValueError(f"k: expected fx > 0 and fy > 0 (a calibrated camera), got fx={K[0, 0]}, fy={K[1, 1]}")
+    return K
+
+
+def scale_camera_info(info: CameraInfo, width: int, height: int) -> CameraInfo:
+    """CameraInfo for the same camera resized to ``width`` x ``height``: K and P rows scaled (fx, cx, Tx by x; fy, cy by y).
+
+    D, R and the distortion model are unchanged; the ROI is scaled; binning is reset to 0 (no binning).
+    """
+    if info.width <= 0 or info.height <= 0:
+        raise ValueError(f"width/height: camera_info has size {info.width}x{info.height}; cannot scale")
+    sx, sy = width / info.width, height / info.height
+    out = CameraInfo()
+    out.header = info.header
+    out.width, out.height = int(width), int(height)
+    out.distortion_model = info.distortion_model
+    out.d = list(info.d)
+    out.r = list(info.r)
+    from kd_depth_core.geometry import scale_intrinsics  # lazy: geometry imports torch
+
+    out.k = scale_intrinsics(np.asarray(info.k, dtype=np.float64).reshape(3, 3), sx, sy).reshape(-1).tolist()
+    P = np.asarray(info.p, dtype=np.float64).reshape(3, 4)
+    P_scaled = np.concatenate([scale_intrinsics(P[:, :3], sx, sy), P[:, 3:] * np.array([[sx], [sy], [1.0]])], 1)
+    out.p = P_scaled.reshape(-1).tolist()
+    roi = info.roi
+    out.roi = RegionOfInterest(x_offset=int(round(roi.x_offset * sx)), y_offset=int(round(roi.y_offset * sy)),
+                               width=int(round(roi.width * sx)), height=int(round(roi.height * sy)),
+                               do_rectify=roi.do_rectify)
+    return out
+
+
+def stereo_baseline(right_info: CameraInfo) -> float:
+    """Baseline in metres from the right camera's projection matrix: T = -P[3] / P[0] (P[3] = -fx * B)."""
+    fx, tx = float(right_info.p[0]), float(right_info.p[3])
+    if fx <= 0:
+        raise ValueError(f"p: right camera_info has P[0] (fx) = {fx}; expected a rectified projection matrix")
+    baseline = -tx / fx
+    if not baseline > 0:
+        raise ValueError(f"p: right camera_info has P[3] = {tx} (Tx = -fx*baseline) giving baseline {baseline} m; "
+                         "expected the right camera's P with a positive baseline")
+    return baseline
+
+
+# --------------------------------------------------------------------------- stereo disparity
+def disparity_to_msg(disparity: np.ndarray, header: Header, focal_px: float, baseline_m: float,
+                     min_disparity: float, max_disparity: float) -> DisparityImage:
+    """Disparity (H, W) pixels (NaN / <= 0 invalid) -> ``stereo_msgs/DisparityImage`` (Z = f*T/d).
+
+    The valid window is the bounding box of valid disparities (empty when none are valid).
+    """
+    disparity = np.asarray(disparity, dtype=np.float32)
+    msg = DisparityImage()
+    msg.header = header
+    msg.image = numpy_to_image(disparity, "32FC1", header)
+    msg.f, msg.t = float(focal_px), float(baseline_m)
+    msg.min_disparity, msg.max_disparity = float(min_disparity), float(max_disparity)
+    msg.delta_d = 1.0 / 16.0  # sub-pixel resolution of a continuous estimate: the usual stereo_image_proc value
+    valid = np.isfinite(disparity) & (disparity > 0)
+    rows, cols = np.flatnonzero(valid.any(1)), np.flatnonzero(valid.any(0))
+    if rows.size:
+        msg.valid_window = RegionOfInterest(x_offset=int(cols[0]), y_offset=int(rows[0]),
+                                            width=int(cols[-1] - cols[0] + 1), height=int(rows[-1] - rows[0] + 1))
+    return msg
+
+
+# --------------------------------------------------------------------------- PointCloud2
+_XYZ_FIELDS = [PointField(name=name, offset=4 * i, datatype=PointField.FLOAT32, count=1)
+               for i, name in enumerate("xyz")]
+_RGB_FIELD = PointField(name="rgb", offset=12, datatype=PointField.FLOAT32, count=1)
+
+
+def points_to_cloud(points: np.ndarray, header: Header, colors: np.ndarray | None = None,
+                    organized: bool = True) -> PointCloud2:
+    """Organised points (h, w, 3) float32 metres (NaN invalid) -> ``sensor_msgs/PointCloud2``.
+
+    Fields x, y, z float32 (+ rgb packed float32 when ``colors`` (h, w, 3) uint8 RGB is given).
+    ``organized=True`` keeps the h x w grid with NaN points (``is_dense=False``); otherwise invalid
+    points are removed and the cloud is 1 x N with ``is_dense=True``.
+    """
+    points = np.asarray(points, dtype=np.float32)
+    if points.ndim != 3 or points.shape[2] != 3:
+        raise ValueError(f"points: expected shape (h, w, 3), got {points.shape}")
+    if colors is not None and np.asarray(colors).shape != points.shape:
+        raise ValueError(f"colors: expected shape {points.shape} (RGB per point), got {np.asarray(colors).shape}")
+    n_fields = 3 if colors is None else 4
+    flat = np.empty((*points.shape[:2], n_fields), dtype="<f4")
+    flat[..., :3] = points
+    if colors is not None:  # rgb field = little-endian uint32 0x00RRGGBB, i.e. bytes B, G, R, 0
+        rgb_bytes = flat.view(np.uint8)[..., 12:16]
+        rgb_bytes[..., :3] = np.asarray(colors, dtype=np.uint8)[..., ::-1]
+        rgb_bytes[..., 3] = 0
+    height, width = points.shape[:2]
+    if not organized:
+        flat = flat[np.isfinite(points[..., 2])]  # depth_to_points makes the whole point NaN where z is invalid
+        height, width = 1, flat.shape[0]
+    msg = PointCloud2()
+    msg.header = header
+    msg.height, msg.width = int(height), int(width)
+    msg.fields = list(_XYZ_FIELDS) + ([_RGB_FIELD] if colors is not None else [])
+    msg.is_bigendian = False
+    msg.point_step = 4 * n_fields
+    msg.row_step = msg.point_step * msg.width
+    msg.is_dense = not organized
+    msg.data = _as_uint8_array(np.ascontiguousarray(flat))
+    return msg
+
+
+def cloud_to_numpy(msg: PointCloud2) -> np.ndarray:
+    """PointCloud2 with float32 x, y, z fields -> (height, width, 3) float32 (reads offsets from ``fields``)."""
+    offsets = {field.name: field.offset for field in msg.fields if field.datatype == PointField.FLOAT32}
+    missing = [name for name in "xyz" if name not in offsets]
+    if missing:
+        raise ValueError(f"fields: PointCloud2 lacks float32 field(s) {missing}")
+    raw = np.frombuffer(msg.data, dtype=np.uint8)
+    if raw.size != msg.row_step * msg.height:
+        raise ValueError(f"data: expected row_step*height = {msg.row_step * msg.height} bytes, got {raw.size}")
+    dtype = np.dtype(">f4" if msg.is_bigendian else "<f4")
+    return np.stack([np.ndarray((msg.height, msg.width), dtype=dtype, buffer=raw, offset=offsets[name],
+                                strides=(msg.row_step, msg.point_step)) for name in "xyz"], -1).astype(np.float32)
+
+
+class PointCloudBuilder:
+    """Depth (H, W) metres + K -> PointCloud2, reusing the unit-depth rays while K, size and stride stay the same.
+
+    The back-projection is :func:`kd_depth_core.geometry.depth_to_points`.
+    """
+
+    def __init__(self, stride: int = 1, organized: bool = True):
+        if stride < 1:
+            raise ValueError(f"stride: expected an integer >= 1, got {stride}")
+        self.stride, self.organized = int(stride), bool(organized)
+        self._key: tuple | None = None
+        self._rays: np.ndarray | None = None
+
+    def rays(self, K: np.ndarray, height: int, width: int) -> np.ndarray:
+        key = (np.asarray(K, dtype=np.float64).tobytes(), height, width, self.stride)
+        if key != self._key:
+            from kd_depth_core.geometry import pixel_rays  # lazy: geometry imports torch
+
+            self._rays, self._key = pixel_rays(K, height, width, self.stride), key
+        return self._rays
+
+    def build(self, depth: np.ndarray, K: np.ndarray, header: Header, rgb: np.ndarray | None = None) -> PointCloud2:
+        """``rgb`` (optional) is an RGB uint8 image of any size; it is resized to the depth size to colour the points."""
+        depth = np.asarray(depth, dtype=np.float32)
+        from kd_depth_core.geometry import depth_to_points
+
+        points = depth_to_points(depth, stride=self.stride, rays=self.rays(K, *depth.shape))
+        colors = None
+        if rgb is not None:
+            if rgb.ndim == 2:
+                rgb = np.repeat(rgb[..., None], 3, axis=2)
+            if rgb.dtype != np.uint8:
+                rgb = (rgb >> 8).astype(np.uint8)
+            if rgb.shape[:2] != depth.shape:
+                rgb = cv2.resize(rgb, (depth.shape[1], depth.shape[0]), interpolation=cv2.INTER_AREA)
+            colors = rgb[:: self.stride, :: self.stride]
+        return points_to_cloud(points, header, colors, self.organized)
+
+
+def header_stamp_ns(header: Header) -> int:
+    """Header stamp as integer nanoseconds."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)

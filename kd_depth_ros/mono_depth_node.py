@@ -1,0 +1,102 @@
+"""``mono_depth_node``: metric depth, uncertainty and a point cloud from one camera.
+
+Subscribes ``image`` (or ``image/compressed`` with ``image_transport: compressed``) and
+``camera_info``; publishes ``depth`` (32FC1 metres, NaN invalid, the input header),
+``depth/camera_info`` (scaled to the depth size), ``uncertainty``, ``points``, optionally
+``depth/colorized``, and ``/diagnostics``. A lifecycle node: configure loads the model, activate
+subscribes, deactivate/cleanup stop and free; ``autostart`` (default true) does both at start so
+``ros2 run`` works without a lifecycle manager. ``mono_depth_node --help`` lists topics and
+parameters without starting ROS.
+"""
+from __future__ import annotations
+
+import sys
+
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from kd_depth_ros import conversions
+from kd_depth_ros.depth_worker import COMMON_SPECS, DepthNodeBase, Frame, Topic, help_epilog, run_node
+from kd_depth_ros.params import ParamSpec
+
+NODE_NAME = "mono_depth_node"
+
+SPECS: tuple[ParamSpec, ...] = COMMON_SPECS
+
+SUBSCRIBES = (
+    Topic("image", "sensor_msgs/Image", "rgb8, bgr8, rgba8, bgra8, mono8, mono16, 16UC1 (image_transport raw)"),
+    Topic("image/compressed", "sensor_msgs/CompressedImage", "jpeg or png (image_transport compressed)"),
+    Topic("camera_info", "sensor_msgs/CameraInfo", "intrinsics of 'image' (needed for every frame)"),
+)
+PUBLISHES = (
+    Topic("depth", "sensor_msgs/Image", "32FC1 metres (NaN invalid) or 16UC1 mm; input header"),
+    Topic("depth/camera_info", "sensor_msgs/CameraInfo", "camera_info scaled to the depth size"),
+    Topic("uncertainty", "sensor_msgs/Image", "32FC1 standard deviation of depth, metres"),
+    Topic("points", "sensor_msgs/PointCloud2", "x, y, z (+ rgb) float32, organised or valid-only, strided"),
+    Topic("depth/colorized", "sensor_msgs/Image", "rgb8 colourised inverse depth (publish_colorized)"),
+    Topic("/diagnostics", "diagnostic_msgs/DiagnosticArray", "rates, latency, drops, device"),
+)
+
+
+class MonoDepthNode(DepthNodeBase):
+    """Monocular depth node (see the module docstring)."""
+
+    NODE_NAME = NODE_NAME
+    SPECS = SPECS
+    STEREO = False
+
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        self._camera_info: CameraInfo | None = None
+        self._infos_received = 0
+
+    def create_inputs(self, qos: QoSProfile) -> None:
+        self._camera_info = None  # never pair new images with a camera_info from before activation
+        compressed = self.values["image_transport"] == "compressed"
+        image_type, image_topic = (CompressedImage, "image/compressed") if compressed else (Image, "image")
+        fix = "Set parameter 'sub_reliability' to match the camera."
+        image_sub = self.create_subscription(image_type, image_topic, self._on_image, qos)
+        info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
+        self.subs = [image_sub, info_sub]
+        self.qos_warner.watch(image_sub, qos, fix)
+        self.qos_warner.watch(info_sub, qos, fix)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+        self._infos_received += 1
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        self.status.input_rate.tick()
+        self.worker.submit(Frame((msg,), (self._camera_info,)))
+
+    def input_summary(self) -> str:
+        parts = []
+        for sub in self.subs:
+            parts.append(f"'{sub.topic_name}' has {self.count_publishers(sub.topic_name)} publisher(s)")
+        return (f"{'; '.join(parts)}; {self.status.input_rate.count} image(s) and {self._infos_received} "
+                "camera_info(s) received. Check the topic remapping, the camera, and 'sub_reliability'.")
+
+    def process(self, frame: Frame) -> bool:
+        msg, info = frame.images[0], frame.infos[0]
+        topic = self.subs[0].topic_name if self.subs else "image"
+        try:
+            rgb = conversions.image_msg_to_rgb(msg)
+        except ValueError as exc:
+            self.skip_input(topic, exc)
+            return False
+        camera = self.camera_for(topic, info, rgb.shape[0], rgb.shape[1])
+        if camera is None:
+            return False
+        info, K = camera
+        prediction = self.predict_timed(lambda: self.predictor.predict(rgb, K=K))
+        self.publish_depth(msg.header, info, prediction, rgb)
+        return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_node(MonoDepthNode, __doc__.split("\n\n")[0].replace("``", ""),
+                    help_epilog(SUBSCRIBES, PUBLISHES, SPECS), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

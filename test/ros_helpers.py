@@ -1,0 +1,216 @@
+"""Helpers for ROS tests: start a node executable as its own process, talk to it from this one, wait bounded.
+
+Nodes are started as a launch file would start them: the installed executable (``lib/kd_depth_ros/<name>``
+or on PATH) with ``--ros-args --params-file ... -r from:=to -p name:=value``; when the package is not
+installed, ``python -m <module>`` with the repository on PYTHONPATH. ``RosHarness`` is an rclpy node in
+the test process with its own context, publishers and recording subscribers. test/conftest.py gives
+every run its own ``ROS_DOMAIN_ID`` on loopback. Known-output models (all weights zero -> the sigmoid
+disparity is 0.5 everywhere) are written in the released format by :func:`write_constant_model`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "config"
+NODE_MODULES = {"mono_depth_node": "kd_depth_ros.mono_depth_node",
+                "stereo_depth_node": "kd_depth_ros.stereo_depth_node"}
+
+
+def constant_depth(min_depth: float, max_depth: float) -> float:
+    """Depth (m) a network with all-zero weights predicts: sigmoid(0) = 0.5 mapped by disp_to_depth."""
+    return 1.0 / (1.0 / max_depth + (1.0 / min_depth - 1.0 / max_depth) * 0.5)
+
+
+def write_constant_model(path: Path, stereo: bool = False, min_depth: float = 1.0, max_depth: float = 3.0,
+                         height: int = 64, width: int = 96) -> Path:
+    """A tiny released model whose every weight is zero: depth = constant_depth(min, max), std = exp(0) = 1 m."""
+    import torch
+
+    from kd_depth_core.models import create_model
+    from kd_depth_core.models.io import ModelMetadata, save_model
+
+    if stereo:  # decoder widths left at their defaults: they follow the backbone's feature strides
+        model = create_model("stereo_teacher", backbone="mobilenetv3_small_050", cost_volume_reductions=(8,),
+                             max_disparity=16, match_channels=8, uncertainty=True)
+    else:
+        model = create_model("student_lcnet", backbone="lcnet_050", uncertainty=True)
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            if tensor.is_floating_point():
+                tensor.zero_()
+    meta = ModelMetadata.from_model(model, input_height=height, input_width=width, min_depth=min_depth,
+                                    max_depth=max_depth, scale_kind="metric", focal_length_px=None,
+                                    has_uncertainty=True, stereo=stereo)
+    return save_model(path, model, meta)
+
+
+def node_command(executable: str) -> list[str]:
+    """The installed executable (as ``ros2 run`` finds it) or ``python -m <module>``."""
+    prefix = Path(sys.prefix)
+    for candidate in (prefix / "lib" / "kd_depth_ros" / executable, prefix / "bin" / executable):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return [str(candidate)]
+    found = shutil.which(executable)
+    if found:
+        return [found]
+    return [sys.executable, "-m", NODE_MODULES[executable]]
+
+
+def _ros_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value if value else "''"
+    return repr(value)
+
+
+class NodeProcess:
+    """A node running in a child process; its combined stdout/stderr goes to a temporary file."""
+
+    def __init__(self, executable: str, params_file: Path | None = None, params: dict[str, Any] | None = None,
+                 remaps: dict[str, str] | None = None, name: str | None = None, extra_args: list[str] | None = None,
+                 env: dict[str, str] | None = None):
+        command = node_command(executable) + (extra_args or []) + ["--ros-args"]
+        if params_file is not None:
+            command += ["--params-file", str(params_file)]
+        for key, value in (params or {}).items():
+            command += ["-p", f"{key}:={_ros_value(value)}"]
+        for source, target in (remaps or {}).items():
+            command += ["-r", f"{source}:={target}"]
+        if name is not None:
+            command += ["-r", f"__node:={name}"]
+        env = {**os.environ, **(env or {})}
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["RCUTILS_LOGGING_BUFFERED_STREAM"] = "0"
+        env["RCUTILS_COLORIZED_OUTPUT"] = "0"
+        self.command = command
+        self._log = tempfile.NamedTemporaryFile("w+", prefix=f"{executable}-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return Path(self._log.name).read_text(errors="replace")
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_for_log(self, text: str, timeout: float) -> bool:
+        return wait_until(lambda: text in self.log() or not self.running(), timeout) and text in self.log()
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGINT (as Ctrl-C / launch do), then SIGKILL after ``timeout``; returns the exit code."""
+        if self.running():
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+        return self.process.returncode
+
+    def __enter__(self) -> NodeProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        Path(self._log.name).unlink(missing_ok=True)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, period: float = 0.05,
+               spin: Callable[[float], None] | None = None) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds; ``spin(period)`` runs between polls (else sleep)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if spin is not None:
+            spin(period)
+        else:
+            time.sleep(period)
+    return predicate()
+
+
+class RosHarness:
+    """An rclpy node in the test process (own context): publishers, recording subscribers, spinning waits."""
+
+    def __init__(self, name: str = "kd_depth_test_harness"):
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.received: dict[str, list] = {}
+
+    def publisher(self, msg_type, topic: str, reliability: str = "reliable", depth: int = 10):
+        from kd_depth_ros.qos import make_qos
+
+        return self.node.create_publisher(msg_type, topic, make_qos(reliability, depth))
+
+    def subscribe(self, msg_type, topic: str, reliability: str = "reliable", depth: int = 50) -> list:
+        """Record every message on ``topic`` into the returned list (also ``self.received[topic]``)."""
+        from kd_depth_ros.qos import make_qos
+
+        messages: list = []
+        self.received[topic] = messages
+        self.node.create_subscription(msg_type, topic, messages.append, make_qos(reliability, depth))
+        return messages
+
+    def spin(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self.executor.spin_once(timeout_sec=min(remaining, 0.02))
+
+    def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        return wait_until(predicate, timeout, period=0.05, spin=self.spin)
+
+    def wait_for_subscribers(self, publisher, count: int = 1, timeout: float = 60.0) -> bool:
+        return self.wait(lambda: publisher.get_subscription_count() >= count, timeout)
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+def header(stamp_ns: int, frame_id: str):
+    from std_msgs.msg import Header
+
+    msg = Header(frame_id=frame_id)
+    msg.stamp.sec, msg.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    return msg
+
+
+def camera_info(stamp_ns: int, frame_id: str, width: int, height: int, fx: float, fy: float, cx: float,
+                cy: float, baseline: float = 0.0):
+    """A rectified CameraInfo; ``baseline`` > 0 makes it the right camera's (P[3] = -fx * baseline)."""
+    from sensor_msgs.msg import CameraInfo
+
+    info = CameraInfo(header=header(stamp_ns, frame_id), width=width, height=height, distortion_model="plumb_bob")
+    info.d = [0.0] * 5
+    info.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    info.p = [fx, 0.0, cx, -fx * baseline, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return info
