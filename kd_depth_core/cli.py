@@ -13,6 +13,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("kd_depth_core.data.synthetic.cli", "generate the procedural synthetic world as training sequences"),
     "validate": ("kd_depth_core.data.validate_cli", "check training sequences; errors name the file and field"),
+    "models": ("kd_depth_core.models.models_cli", "list registered models with parameters and GFLOPs"),
+    "train": ("kd_depth_core.train.train_cli", "train a teacher or baseline (any registered task) from a YAML config"),
     "evaluate": ("kd_depth_core.eval.evaluate_cli",
                  "score a model on KITTI / NYUv2 / Make3D / DrivingStereo or our sequences"),
     "compare": ("kd_depth_core.eval.compare_cli", "several models (or saved results.json) in one table and one figure"),

@@ -58,6 +58,7 @@ class SequenceDataset(Dataset):
         self.size = None if size is None else (int(size[0]), int(size[1]))
         self.stereo, self.load_depth, self.load_semantic, self.augment = stereo, load_depth, load_semantic, augment
         self.seed = seed
+        self.epoch = 0
         for seq in self.sequences:
             if stereo and not seq.has_right:
                 raise SequenceError(f"{seq.path}: stereo=True but the sequence has no right images")
@@ -82,8 +83,13 @@ class SequenceDataset(Dataset):
         interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
         return cv2.resize(image, (self.size[1], self.size[0]), interpolation=interp)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer each epoch: augmentation depends only on (seed, epoch, index), so a
+        resumed run and any number of DataLoader workers see exactly the same samples."""
+        self.epoch = int(epoch)
+
     def _jitter(self, index: int):
-        rng = np.random.default_rng((self.seed, index, torch.initial_seed() % (2**32)))
+        rng = np.random.default_rng((self.seed, self.epoch, index))
         brightness, contrast, saturation = rng.uniform(0.8, 1.2, size=3)
 
         def apply(image: np.ndarray) -> np.ndarray:

@@ -1,0 +1,147 @@
+"""Resumable training checkpoints: tensors and primitives only, written atomically.
+
+A checkpoint is a `torch.save`d dict that `torch.load(path, weights_only=True)` loads (no pickled
+objects). Keys (format version 1):
+
+- `format` ("kd-depth-train-checkpoint"), `version` (1), `step` (optimizer steps done),
+  `nonfinite_steps`, `world_size`
+- `task`: the task's state_dict (minus `Task.checkpoint_exclude` prefixes, e.g. a frozen teacher)
+- `optimizers`, `schedulers`, `scalers`: {phase: state_dict}
+- `rng`: one entry per rank: {python, numpy, torch, cuda} generator states (see `rng_state`)
+- `config`: the resolved TrainConfig as plain data (`TrainConfig.to_dict()`)
+
+Files live in `<out_dir>/checkpoints/step_<step:08d>.pt`; `latest` there names the newest one.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kd_depth_core.utils.atomic import atomic_file, write_text_atomic
+
+CHECKPOINT_FORMAT = "kd-depth-train-checkpoint"
+CHECKPOINT_VERSION = 1
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or not a kd-depth training checkpoint."""
+
+
+# --------------------------------------------------------------------------- RNG states
+def rng_state() -> dict[str, Any]:
+    """Generator states of python `random`, numpy's global generator, torch (CPU and every CUDA device).
+
+    Only tensors and primitives, so the dict survives `torch.load(weights_only=True)`.
+    """
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the states saved by :func:`rng_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+        else:
+            torch.cuda.set_rng_state(cuda[0].cpu())
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU + CUDA) generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- files
+def checkpoint_dir(out_dir: str | os.PathLike) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def checkpoint_path(out_dir: str | os.PathLike, step: int) -> Path:
+    """`<out_dir>/checkpoints/step_<step:08d>.pt`."""
+    return checkpoint_dir(out_dir) / f"step_{int(step):08d}.pt"
+
+
+def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
+    """Step checkpoints under `out_dir`, oldest first."""
+    folder = checkpoint_dir(out_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint: the one `latest` names if it exists, else the highest step; None if none."""
+    pointer = checkpoint_dir(out_dir) / "latest"
+    if pointer.is_file():
+        candidate = checkpoint_dir(out_dir) / pointer.read_text(encoding="utf-8").strip()
+        if candidate.is_file():
+            return candidate
+    found = list_checkpoints(out_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Atomically write `state` (tensors and primitives) to `path` and point `latest` at it."""
+    path = Path(path)
+    state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
+    with atomic_file(path, "wb") as handle:
+        torch.save(state, handle)
+    write_text_atomic(path.parent / "latest", path.name + "\n")
+    return path
+
+
+def prune_checkpoints(out_dir: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` step checkpoints (keep <= 0 keeps all); returns the deleted paths."""
+    if keep <= 0:
+        return []
+    old = list_checkpoints(out_dir)[:-keep]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a training checkpoint with `torch.load(weights_only=True)` and check its format."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not our checkpoint"
+        raise CheckpointError(f"{path}: cannot load as a weights-only checkpoint: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: not a kd-depth training checkpoint (format {found!r}, "
+                              f"expected {CHECKPOINT_FORMAT!r})")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {state.get('version')!r} is not supported "
+                              f"(expected {CHECKPOINT_VERSION})")
+    for key in ("step", "task", "optimizers", "config"):
+        if key not in state:
+            raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
+    return state

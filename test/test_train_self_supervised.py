@@ -1,0 +1,222 @@
+"""The self-supervised task on frames cut from one random texture (a fronto-parallel plane).
+
+A plane at depth Z seen by a rectified rig: the right image is the left shifted by the disparity
+d = fx * B / Z pixels, and a camera moved sideways by t sees it shifted by fx * t / Z. Here
+fx = 48 px, B = 0.1 m, Z = 1.6 m -> d = 3 px; temporal sources are shifted by 2 px.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from kd_depth_core.config import ConfigError, TrainConfig, config_from_dict
+from kd_depth_core.train.self_supervised import RESIDUAL_FLOOR, SelfSupervisedTask, photometric_uncertainty_nll
+from kd_depth_core.train.tasks import create_task
+from kd_depth_core.train.trainer import Trainer
+
+H = W = 64
+FX, BASELINE, DEPTH = 48.0, 0.1, 1.6
+DISPARITY = 3  # = FX * BASELINE / DEPTH
+SHIFT = 2  # temporal neighbours, pixels
+TINY = {"backbone": "lcnet_050"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only add overhead on a shared machine
+    yield
+    torch.set_num_threads(threads)
+
+
+class PlaneDataset(Dataset):
+    """Batch dicts (docs/architecture.md) of a textured plane at DEPTH metres."""
+
+    def __init__(self, n: int = 8) -> None:
+        rng = np.random.default_rng(0)
+        canvas = sum(w * cv2.GaussianBlur(rng.random((H + 20, W + 3 * n + 20, 3)).astype(np.float32), (0, 0), s)
+                     for s, w in ((1, 0.3), (3, 1.0), (8, 2.0)))
+        self.canvas = (canvas - canvas.min()) / (canvas.max() - canvas.min())
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _crop(self, x: int, y: int) -> torch.Tensor:
+        return torch.from_numpy(self.canvas[y:y + H, x:x + W].transpose(2, 0, 1).copy())
+
+    def __getitem__(self, i: int) -> dict:
+        x, y = 5 + 3 * i, 2 + i % 10
+        return {
+            "image": self._crop(x, y),
+            "sources": torch.stack([self._crop(x - SHIFT, y), self._crop(x + SHIFT, y)]),  # offsets -1, +1
+            "image_right": self._crop(x + DISPARITY, y),
+            "K": torch.tensor([[FX, 0, (W - 1) / 2], [0, FX, (H - 1) / 2], [0, 0, 1]]),
+            "baseline": torch.tensor(BASELINE),
+            "depth_gt": torch.full((1, H, W), DEPTH),
+            "frame_key": f"plane/{i:06d}",
+        }
+
+
+def make_cfg(tmp_path, mode="stereo", model="student_lcnet", model_kwargs=TINY, **task_kwargs) -> TrainConfig:
+    return config_from_dict(TrainConfig, {
+        "data": {"size": [H, W], "stereo": True, "offsets": [-1, 1], "batch_size": 2, "num_workers": 0},
+        "model": {"name": model, "kwargs": dict(model_kwargs)},
+        "task": {"name": "self_supervised",
+                 "kwargs": {"mode": mode, "min_depth": 0.5, "max_depth": 20.0, "pose_kwargs": TINY, **task_kwargs}},
+        "optim": {"name": "adam", "lr": 3e-3, "scheduler": "none"},
+        "train": {"max_steps": 24, "log_every": 1, "val_every": 24, "val_batches": 0, "image_every": 24,
+                  "ckpt_every": 0, "out_dir": str(tmp_path / "run"), "progress": False},
+    }, "ss.yaml")
+
+
+@pytest.mark.slow
+def test_stereo_training_lowers_photometric_loss_and_learns_metric_depth(tmp_path):
+    cfg = make_cfg(tmp_path)
+    torch.manual_seed(0)
+    task = create_task("self_supervised", cfg)
+    assert isinstance(task, SelfSupervisedTask) and task.pose_net is None and task.scale_kind == "metric"
+    trainer = Trainer(cfg, task, PlaneDataset(), PlaneDataset())
+    before = trainer.validate()
+    result = trainer.fit()
+    photometric = [r["photometric"] for r in result.history]
+    assert np.mean(photometric[-3:]) < 0.5 * photometric[0], photometric
+    # Metric scale through the baseline: the prediction moves towards the true 1.6 m (starts near 1 m).
+    assert result.val_metrics["abs_rel"] < 0.5 * before["abs_rel"], (before, result.val_metrics)
+    assert result.val_metrics["num_images"] == 8
+
+    from kd_depth_core.models.io import load_model
+
+    model, meta = load_model(result.model_path)
+    assert (meta.scale_kind, meta.min_depth, meta.max_depth, meta.stereo) == ("metric", 0.5, 20.0, False)
+    assert meta.focal_length_px == FX and (meta.input_height, meta.input_width) == (H, W)
+    image = PlaneDataset()[0]["image"][None]
+    task.eval()
+    assert torch.allclose(model(image)["disp"][0], task.depth_net(image)["disp"][0])
+
+
+def test_mono_training_uses_the_pose_net(tmp_path):
+    cfg = make_cfg(tmp_path, mode="mono")
+    cfg.data.stereo = False
+    torch.manual_seed(0)
+    task = create_task("self_supervised", cfg)
+    assert task.pose_net is not None and task.scale_kind == "relative"
+    dataset = PlaneDataset(2)
+    batch = {k: (torch.stack([dataset[i][k] for i in range(2)]) if k != "frame_key" else []) for k in dataset[0]}
+    del batch["image_right"]
+    optimizer = torch.optim.Adam(task.parameters(), 1e-3)
+    losses = []
+    for step in range(6):
+        out = task(batch, step=step)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        if step == 0:
+            assert all(p.grad is not None for p in task.pose_net.parameters() if p.requires_grad)
+        optimizer.step()
+        losses.append(float(out["photometric"]))
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert set(out) == {"loss", "photometric", "smoothness", "automask_fraction"}
+
+
+def test_stereo_teacher_sees_the_pair_and_trains_its_uncertainty(tmp_path):
+    cfg = make_cfg(tmp_path, mode="mono_stereo", model="stereo_teacher",
+                   model_kwargs={"backbone": "resnet10t", "max_disparity": 16, "cost_volume_reductions": [4, 8]})
+    torch.manual_seed(0)
+    task = create_task("self_supervised", cfg)
+    assert task.stereo_input and task.deploy_stereo and task.has_uncertainty
+    dataset = PlaneDataset(2)
+    batch = {k: (torch.stack([dataset[i][k] for i in range(2)]) if k != "frame_key" else []) for k in dataset[0]}
+    out = task(batch)
+    assert math.isfinite(out["uncertainty_nll"].item()) and out["loss"].item() > out["photometric"].item()
+    out["loss"].backward()
+    head = [p for n, p in task.depth_net.named_parameters() if "sigma" in n]
+    assert head and all(p.grad is not None and p.grad.abs().sum() > 0 for p in head)
+    assert task.predict_depth(batch).shape == (2, 1, H, W)
+
+
+def test_uncertainty_nll_minimum_is_depth_times_residual():
+    residual = torch.tensor([0.05, 0.2]).reshape(2, 1, 1, 1)
+    depth = torch.tensor([4.0, 10.0]).reshape(2, 1, 1, 1)
+    best = torch.log(depth * (residual + RESIDUAL_FLOOR))  # sigma = depth * residual (metres)
+    for kind, value_at_best in (("laplacian", 1.0), ("gaussian", 0.5)):
+        at_best = photometric_uncertainty_nll(residual, best, depth, kind=kind)
+        # NLL at the optimum: 1 + mean log(b) (Laplacian), 1/2 + mean log(b) (Gaussian), b = residual + floor.
+        assert at_best.item() == pytest.approx(value_at_best + torch.log(residual + RESIDUAL_FLOOR).mean().item())
+        for delta in (-0.2, 0.2):
+            assert photometric_uncertainty_nll(residual, best + delta, depth, kind=kind) > at_best
+    mask = torch.tensor([True, False]).reshape(2, 1, 1, 1)
+    masked = photometric_uncertainty_nll(residual, best, depth, mask)
+    assert masked.item() == pytest.approx(1.0 + math.log(0.05 + RESIDUAL_FLOOR))
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"data.stereo": False}, "ss.yaml: data.stereo: mode 'stereo' needs the right images"),
+    ({"task.kwargs.mode": "mono", "data.offsets": []}, "ss.yaml: data.offsets: mode 'mono' needs temporal"),
+    ({"task.kwargs.mode": "sideways"}, "task.kwargs.mode: expected one of 'mono', 'stereo', 'mono_stereo'"),
+    ({"task.kwargs.ssim": 0.5}, "ss.yaml: task.kwargs.ssim: unknown key; valid keys: mode, min_depth"),
+    ({"task.kwargs.uncertainty_loss": "none", "model.kwargs.uncertainty": True},
+     "task.kwargs.uncertainty_loss: model 'student_lcnet' has an uncertainty head"),
+])
+def test_configuration_errors_name_the_key(tmp_path, change, fragment):
+    overrides = [f"{k}={v}".replace("False", "false").replace("True", "true") for k, v in change.items()]
+    base = make_cfg(tmp_path).to_dict()
+    cfg = config_from_dict(TrainConfig, base, "ss.yaml", overrides)
+    with pytest.raises(ConfigError) as info:
+        create_task("self_supervised", cfg)
+    assert fragment in str(info.value)
+
+
+def test_stereo_model_in_mono_mode_is_rejected(tmp_path):
+    cfg = make_cfg(tmp_path, mode="mono", model="stereo_teacher", model_kwargs={"backbone": "resnet10t"})
+    with pytest.raises(ConfigError, match="model 'stereo_teacher' takes a stereo pair; use mode 'stereo'"):
+        create_task("self_supervised", cfg)
+
+
+def test_unknown_baseline_is_a_clear_error(tmp_path):
+    task = create_task("self_supervised", make_cfg(tmp_path))
+    dataset = PlaneDataset(1)
+    batch = {k: (v[None] if isinstance(v, torch.Tensor) else [v]) for k, v in dataset[0].items()}
+    batch["baseline"] = torch.zeros(1)
+    with pytest.raises(ValueError, match=r"baseline <= 0 \(unknown\) for frames \['plane/000000'\]"):
+        task(batch)
+
+
+@pytest.mark.parametrize("name", ["baseline_resnet18", "teacher_stereo", "teacher_ms_dpt", "tiny_test"])
+def test_shipped_configs_build_their_task(name):
+    from pathlib import Path
+
+    from kd_depth_core.config import load_train_config
+
+    cfg = load_train_config(Path(__file__).resolve().parents[1] / "config" / "train" / f"{name}.yaml")
+    task = create_task(cfg.task.name, cfg)
+    assert task.deploy_model() is task.depth_net
+    metadata = task.deploy_metadata(focal_length_px=100.0)
+    assert (metadata.input_height, metadata.input_width) == tuple(cfg.data.size)
+    assert metadata.scale_kind == ("relative" if cfg.task.kwargs.get("mode") == "mono" else "metric")
+
+
+def test_too_small_min_depth_for_the_rig_warns_with_a_suggestion(tmp_path, caplog):
+    # fx*B = 4.8 px*m, width 64: min_depth 0.1 m starts at 4.8 * 0.5 * (10 + 0.05) = 24 px (> 6.4 px = 10 %);
+    # the suggestion is fx*B / (0.1 * width) = 0.75 m.
+    task = create_task("self_supervised", make_cfg(tmp_path, min_depth=0.1))
+    dataset = PlaneDataset(1)
+    batch = {k: (v[None] if isinstance(v, torch.Tensor) else [v]) for k, v in dataset[0].items()}
+    with caplog.at_level("WARNING", logger="kd_depth_core.train"):
+        task(batch)
+        task(batch)
+    warnings = [r.getMessage() for r in caplog.records if "min_depth" in r.getMessage()]
+    assert len(warnings) == 1 and "disparity of 24 px on a 64 px wide image" in warnings[0]
+    assert "task.kwargs.min_depth=0.75" in warnings[0]
+
+
+def test_unknown_task_lists_the_registered_ones(tmp_path):
+    cfg = make_cfg(tmp_path)
+    cfg.task.name = "self_supervized"
+    with pytest.raises(ConfigError, match=r"ss.yaml: task.name: unknown task 'self_supervized'; registered tasks: "
+                                          r".*self_supervised"):
+        create_task(cfg.task.name, cfg)
