@@ -132,6 +132,20 @@ class TrainResult:
     model_path: Path | None = None
 
 
+def _config_changes(saved: Any, current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs (for error messages)."""
+    if not isinstance(saved, dict):
+        return []
+    changes = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += _config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return changes
+
+
 # --------------------------------------------------------------------------- trainer
 class Trainer:
     """Runs `cfg.train.max_steps` steps of `task` over `train_dataset`; see the module docstring."""
@@ -223,7 +237,15 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any], source: str = "checkpoint") -> int:
         """Restore a checkpoint's task, optimizer, scheduler, scaler and this rank's RNG state; return its step."""
-        result = self.task.load_state_dict(state["task"], strict=not self._checkpoint_exclude)
+        try:
+            result = self.task.load_state_dict(state["task"], strict=not self._checkpoint_exclude)
+        except RuntimeError as error:
+            changed = _config_changes(state.get("config"), self.cfg.to_dict())
+            raise ckpt.CheckpointError(
+                f"{source}: the checkpoint does not fit this task's networks (written with another config"
+                f"{': ' + ', '.join(changed[:6]) if changed else ''}). Resume with the config it was written with, "
+                f"or start afresh with another train.out_dir or train.resume=''. ({str(error).splitlines()[0]})"
+            ) from None
         if self._checkpoint_exclude:
             missing = [k for k in result.missing_keys if not k.startswith(self._checkpoint_exclude)]
             if missing or result.unexpected_keys:

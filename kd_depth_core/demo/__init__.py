@@ -1,0 +1,1 @@
+"""The main job (`kd-depth demo` / `make demo`): the whole pipeline on the built-in synthetic world."""
