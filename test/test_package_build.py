@@ -58,3 +58,20 @@ def test_every_executable_answers_help(installed, name):
     result = subprocess.run([sys.executable, str(exe), "--help"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage" in result.stdout.lower()
+
+
+def test_bundled_model_loads_from_the_launch_default_path(installed):
+    """The launch file's default model_path (share/kd_depth_ros/models/default_student.safetensors) works."""
+    import numpy as np
+
+    launch_text = (installed / "share" / "kd_depth_ros" / "launch" / "mono_depth.launch.py").read_text()
+    assert '"models", "default_student.safetensors"' in launch_text
+    model = installed / "share" / "kd_depth_ros" / "models" / "default_student.safetensors"
+    assert model.is_file() and model.stat().st_size <= 10 * 2**20
+    from kd_depth_core.inference.predictor import DepthPredictor
+
+    predictor = DepthPredictor(model, device="cpu")
+    image = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    depth = predictor.predict(image).depth
+    assert depth.shape == (48, 80) and np.isfinite(depth).all()
+    assert predictor.metadata.min_depth <= depth.min() and depth.max() <= predictor.metadata.max_depth
