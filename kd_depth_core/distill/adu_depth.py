@@ -1,0 +1,399 @@
+"""Task 'adu_depth': a frozen stereo teacher distilled into a monocular student (ADU-Depth, arXiv 2309.14744).
+
+The teacher sees the rectified left/right pair (3D-aware: correlation volumes), the student only
+the left image. Loss terms (all computed in float32):
+
+- Attention-adapted feature distillation (`feature_weight`): trainable adapters
+  (`distill.adapters.FeatureAdapters`: 1x1 conv + resize) map the student's encoder maps onto the
+  teacher's fused features at stride pairings `feature_pairs` (default: every stride >= 4 both
+  have). Per pairing: squared difference to the teacher map (standardised per channel when
+  `standardize_teacher_features`), weighted per position by the teacher's spatial attention
+  (`losses.adu.spatial_attention`, softmax over positions of channel-mean |f| / `attention_temperature`)
+  and by the uncertainty weights pooled to that resolution; the mean over pairings.
+- Focal-depth-adapted response distillation (`response_weight`): every student output scale,
+  upsampled to full resolution, against the teacher depth with `losses.adu.focal_depth_loss`
+  ((1 - exp(-e/tau))^gamma * e of the log-depth error e: hard pixels count most), per-scale
+  weights `scale_weights` (method 1's 1, 1/2, 1/4, 1/8).
+- Uncertainty modelling: the teacher's sigma (its `log_sigma` head) gives inverse-variance weights
+  1 / ((sigma_t/depth_t)^2 + `uncertainty_eps`), mean 1, that scale both terms
+  (`teacher_uncertainty_weighting`); a student with a `log_sigma` head learns it with method 1's
+  NLL (`uncertainty_loss`, `uncertainty_weight`) of r = sqrt(sigma_t^2 + (depth_t - depth_s)^2),
+  so it is uncertain where the teacher is, or where it still disagrees with the teacher.
+- Photometric self-supervision (`photometric_weight`, 0 = off): the 'self_supervised' task's
+  machinery as method 1 uses it (pose network, `mode`, ssim/smoothness/automask options).
+
+The teacher is a released stereo model file (`teacher_path`, e.g. `stereo_teacher` trained with
+config/train/teacher_stereo.yaml), frozen (no gradients, always eval mode), run every step (its
+features cannot be cached cheaply); it is left out of checkpoints. The student inherits its depth
+range and scale kind (a metric stereo teacher gives a metric student). `deploy_model()` is the
+student alone: no adapter, pose network or teacher weights are exported.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kd_depth_core import geometry
+from kd_depth_core.config import ConfigError, TrainConfig
+from kd_depth_core.distill.adapters import FeatureAdapters
+from kd_depth_core.losses import (
+    DEFAULT_SCALE_WEIGHTS,
+    ensemble_residual,
+    gaussian_nll,
+    laplacian_nll,
+    multiscale_reprojection_loss,
+    multiscale_smoothness,
+)
+from kd_depth_core.losses.adu import (
+    attention_feature_loss,
+    focal_depth_loss,
+    inverse_variance_weights,
+    spatial_attention,
+    standardize_features,
+)
+from kd_depth_core.models.io import ModelFileError, ModelMetadata, load_model
+from kd_depth_core.train.self_supervised import SelfSupervisedTask
+from kd_depth_core.train.tasks import Task, register_task
+
+log = logging.getLogger("kd_depth_core.distill")
+
+StereoTeacherSource = str | os.PathLike | tuple[nn.Module, ModelMetadata]
+
+
+def _panel(rgb: np.ndarray) -> torch.Tensor:
+    """(H,W,3) uint8 -> (3,H,W) float in [0, 1] (a TensorBoard image)."""
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float() / 255.0
+
+
+# --------------------------------------------------------------------------- the frozen stereo teacher
+class StereoTeacher(nn.Module):
+    """Frozen stereo network -> left depth, its uncertainty and its fused features (the stereo
+    counterpart of `distill.teacher.TeacherWrapper`, which runs monocular teachers).
+
+    `teacher`: a released stereo model file (`models.io.save_model`) or a loaded `(model, metadata)`
+    pair; the network must return `features` with `return_features=True` and have `feature_info`.
+    """
+
+    def __init__(self, teacher: StereoTeacherSource, device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        if isinstance(teacher, tuple):
+            if len(teacher) != 2 or not isinstance(teacher[0], nn.Module) or \
+                    not isinstance(teacher[1], ModelMetadata):
+                raise TypeError("teacher: expected a released model path or a (nn.Module, ModelMetadata) pair")
+            model, metadata = teacher
+            model = model.to(device)
+            self.source = f"<in-memory {metadata.model_name}>"
+        else:
+            model, metadata = load_model(Path(teacher), device=device)  # verifies the file's checksum
+            self.source = str(teacher)
+        if not metadata.stereo:
+            raise ValueError(f"teacher {self.source}: {metadata.model_name} is a monocular network; adu_depth needs a "
+                             "stereo teacher (e.g. stereo_teacher, config/train/teacher_stereo.yaml); monocular "
+                             "teachers are distilled with kd_ms_dpt")
+        if not getattr(model, "feature_info", None):
+            raise ValueError(f"teacher {self.source}: {metadata.model_name} has no feature_info; feature distillation "
+                             "needs a network that returns its features (model(left, right, return_features=True))")
+        self.model = model
+        self.metadata = metadata
+        self.feature_info: list[dict[str, int]] = [dict(info) for info in model.feature_info]
+        self.input_size = (int(metadata.input_height), int(metadata.input_width))
+        self.register_buffer("mean", torch.tensor(metadata.mean, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(metadata.std, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        self.requires_grad_(False)
+        self.model.eval()
+
+    def train(self, mode: bool = True) -> StereoTeacher:
+        """The teacher network stays in eval mode whatever its owner asks (frozen BatchNorm, no dropout)."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    @property
+    def min_depth(self) -> float:
+        return float(self.metadata.min_depth)
+
+    @property
+    def max_depth(self) -> float:
+        return float(self.metadata.max_depth)
+
+    @property
+    def scale_kind(self) -> str:
+        return self.metadata.scale_kind
+
+    def preprocess(self, image: torch.Tensor, name: str) -> torch.Tensor:
+        """(B,3,H,W) RGB in [0, 1] -> the teacher's input: resized to its input size, (x - mean) / std."""
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"{name}: expected shape (B,3,H,W) RGB in [0, 1], got {tuple(image.shape)}")
+        x = image.float().to(self.mean.device)
+        if tuple(x.shape[-2:]) != self.input_size:
+            antialias = x.shape[-2] > self.input_size[0] or x.shape[-1] > self.input_size[1]
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=antialias)
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def predict(self, left: torch.Tensor, right: torch.Tensor,
+                output_size: Sequence[int] | None = None) -> dict[str, Any]:
+        """{'depth', 'uncertainty': (B,1,h,w) metres at output_size (default the left image's),
+        'features': the fused left feature maps at the teacher's input size (per `feature_info`)}.
+
+        Without a `log_sigma` head the uncertainty is 0. Nothing returned carries gradients.
+        """
+        if left.shape != right.shape:
+            raise ValueError(f"left {tuple(left.shape)} and right {tuple(right.shape)} images differ in shape")
+        out = self.model(self.preprocess(left, "left"), self.preprocess(right, "right"), return_features=True)
+        depth = geometry.disp_to_depth(out["disp"][0].float(), self.min_depth, self.max_depth)[1]
+        sigma = torch.exp(out["log_sigma"].float()) if "log_sigma" in out else torch.zeros_like(depth)
+        size = tuple(left.shape[-2:]) if output_size is None else (int(output_size[0]), int(output_size[1]))
+        if tuple(depth.shape[-2:]) != size:
+            depth = F.interpolate(depth, size=size, mode="bilinear", align_corners=False)
+        if tuple(sigma.shape[-2:]) != size:
+            sigma = F.interpolate(sigma, size=size, mode="bilinear", align_corners=False)
+        return {"depth": depth, "uncertainty": sigma, "features": [f.float() for f in out["features"]]}
+
+    def extra_repr(self) -> str:
+        return f"source={self.source!r}, {self.metadata.describe()}"
+
+
+# --------------------------------------------------------------------------- the task
+@register_task("adu_depth")
+class ADUDepthTask(Task):
+    """Stereo teacher -> monocular student: attention-adapted features, focal response, uncertainty."""
+
+    @dataclass
+    class Options:
+        teacher_path: str = ""  # released stereo teacher (.safetensors), required
+        feature_weight: float = 1.0  # attention-adapted feature distillation; 0 = off (no adapters)
+        feature_pairs: tuple[tuple[int, int], ...] = ()  # (student stride, teacher stride); () = shared >= 4
+        attention: bool = True  # weight positions by the teacher's spatial attention
+        attention_temperature: float = 1.0  # softmax temperature (smaller = more concentrated)
+        standardize_teacher_features: bool = True  # per-channel mean 0 / std 1 targets
+        response_weight: float = 1.0  # focal-depth response distillation
+        scale_weights: tuple[float, ...] = DEFAULT_SCALE_WEIGHTS  # student output scales 0..3
+        focal_tau: float = 0.1  # log-depth error scale of the focal factor
+        focal_gamma: float = 2.0  # 0 = plain L1 of log depth
+        teacher_uncertainty_weighting: bool = True  # weights 1 / ((sigma_t/d_t)^2 + eps) on both terms
+        uncertainty_eps: float = 0.01  # relative variance at which a pixel's weight halves
+        target_min_depth: float = 0.0  # metres; pixels with teacher depth <= this are left out
+        photometric_weight: float = 1.0  # 0 = distillation only (no pose network)
+        mode: Literal["mono", "stereo", "mono_stereo"] = "mono_stereo"  # photometric sources
+        ssim_weight: float = 0.85
+        smoothness_weight: float = 1e-3
+        automask: bool = True
+        pose_model: str = "pose_resnet18"
+        pose_kwargs: dict[str, Any] = field(default_factory=dict)
+        uncertainty_loss: Literal["laplacian", "gaussian", "none"] = "laplacian"
+        uncertainty_weight: float = 0.1
+        min_depth: float | None = None  # metres; None = the teacher's
+        max_depth: float | None = None  # metres; None = the teacher's
+
+    checkpoint_exclude = ("teacher.",)
+
+    def __init__(self, cfg: TrainConfig, options: Options | None = None) -> None:
+        super().__init__(cfg, options)
+        opt, where = self.options, f"{cfg.source}: task.kwargs"
+        self._check_options(cfg, where)
+        self.teacher = self._load_teacher(where)
+        self.min_depth = self.teacher.min_depth if opt.min_depth is None else float(opt.min_depth)
+        self.max_depth = self.teacher.max_depth if opt.max_depth is None else float(opt.max_depth)
+        if not 0 < self.min_depth < self.max_depth:
+            raise ConfigError(f"{where}: expected 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}")
+        self.scale_kind = self.teacher.scale_kind
+        self._photometric: tuple[SelfSupervisedTask, ...] = ()  # a tuple: not a registered submodule
+        if opt.photometric_weight > 0:
+            if self.scale_kind == "relative" and opt.mode != "mono":
+                raise ConfigError(f"{where}.mode: the teacher is relative (up to scale) but mode {opt.mode!r} makes "
+                                  "the photometric loss metric; use mode 'mono' or a metric teacher")
+            photometric = SelfSupervisedTask(cfg, SelfSupervisedTask.Options(
+                mode=opt.mode, min_depth=self.min_depth, max_depth=self.max_depth, ssim_weight=opt.ssim_weight,
+                smoothness_weight=opt.smoothness_weight, automask=opt.automask, pose_model=opt.pose_model,
+                pose_kwargs=dict(opt.pose_kwargs), uncertainty_loss="laplacian"))
+            self.student = photometric.depth_net
+            self.pose_net = photometric.pose_net
+            self._photometric = (photometric,)
+        else:
+            from kd_depth_core.models import create_model
+
+            self.student = create_model(cfg.model.name, **cfg.model.kwargs)
+            self.pose_net = None
+        if len(getattr(self.student, "input_names", ("image",))) != 1:
+            raise ConfigError(f"{cfg.source}: model.name: {cfg.model.name!r} takes a stereo pair; adu_depth distils "
+                              "into a monocular student")
+        self.has_uncertainty = bool(getattr(self.student, "has_uncertainty", False))
+        if self.has_uncertainty and opt.uncertainty_loss == "none":
+            raise ConfigError(f"{where}.uncertainty_loss: model {cfg.model.name!r} has an uncertainty head; train "
+                              "it with 'laplacian' or 'gaussian' (or build the model with uncertainty: false)")
+        self.deploy_has_uncertainty = self.has_uncertainty
+        self.adapters: FeatureAdapters | None = None
+        if opt.feature_weight > 0:
+            student_info = getattr(self.student, "feature_info", None)
+            if not student_info:
+                raise ConfigError(f"{cfg.source}: model.name: {cfg.model.name!r} has no feature_info; feature "
+                                  "distillation needs one (or set task.kwargs.feature_weight: 0)")
+            try:
+                self.adapters = FeatureAdapters(student_info, self.teacher.feature_info,
+                                                [list(p) for p in opt.feature_pairs])
+            except ValueError as error:
+                raise ConfigError(f"{where}.feature_pairs: {error}") from error
+        log.info("adu_depth: stereo teacher %s, student %s, %s scale, depth %.3g-%.3g m, feature pairs %s",
+                 self.teacher.source, cfg.model.name, self.scale_kind, self.min_depth, self.max_depth,
+                 self.adapters.pairs if self.adapters is not None else "off")
+
+    def _check_options(self, cfg: TrainConfig, where: str) -> None:
+        opt = self.options
+        if not opt.teacher_path:
+            raise ConfigError(f"{where}.teacher_path: expected the released stereo teacher model file "
+                              "(.safetensors), e.g. runs/teacher_stereo/model.safetensors")
+        if not cfg.data.stereo:
+            raise ConfigError(f"{cfg.source}: data.stereo: the stereo teacher needs the right images; set "
+                              "data.stereo: true")
+        if not cfg.model.name:
+            raise ConfigError(f"{cfg.source}: model.name: expected a registered student model (e.g. student_lcnet)")
+        for name in ("feature_weight", "response_weight", "photometric_weight", "uncertainty_weight",
+                     "target_min_depth", "focal_gamma"):
+            if getattr(opt, name) < 0:
+                raise ConfigError(f"{where}.{name}: expected a number >= 0, got {getattr(opt, name)}")
+        if opt.feature_weight == 0 and opt.response_weight == 0 and opt.photometric_weight == 0:
+            raise ConfigError(f"{where}: feature_weight, response_weight and photometric_weight are all 0: "
+                              "nothing to train")
+        for name in ("attention_temperature", "focal_tau", "uncertainty_eps"):
+            if not getattr(opt, name) > 0:
+                raise ConfigError(f"{where}.{name}: expected a positive number, got {getattr(opt, name)}")
+        if len(opt.scale_weights) != len(DEFAULT_SCALE_WEIGHTS) or any(w < 0 for w in opt.scale_weights) \
+                or sum(opt.scale_weights) <= 0:
+            raise ConfigError(f"{where}.scale_weights: expected {len(DEFAULT_SCALE_WEIGHTS)} numbers >= 0 (scales "
+                              f"0..3) with a positive sum, got {list(opt.scale_weights)}")
+
+    def _load_teacher(self, where: str) -> StereoTeacher:
+        path = Path(self.options.teacher_path)
+        if not path.is_file():
+            raise ConfigError(f"{where}.teacher_path: stereo teacher model {path} not found (train one with "
+                              "`kd-depth train --config config/train/teacher_stereo.yaml` or point to a released file)")
+        try:
+            return StereoTeacher(path)
+        except (ModelFileError, ValueError) as error:
+            raise ConfigError(f"{where}.teacher_path: {error}") from error
+
+    # ----------------------------------------------------------------------- the task contract
+    def deploy_model(self) -> nn.Module:
+        return self.student
+
+    def _teacher_outputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if "image_right" not in batch:
+            raise KeyError("batch['image_right']: the stereo teacher needs the right images (data.stereo: true)")
+        image = batch["image"]
+        return self.teacher.predict(image, batch["image_right"], output_size=image.shape[-2:])
+
+    def feature_loss(self, student_features: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor],
+                     weight: torch.Tensor | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Mean over pairings of the attention- (and uncertainty-) weighted adapted-feature loss; per pairing too.
+
+        weight (B,1,H,W) full-resolution per-pixel weights (None = 1), area-pooled to each teacher map.
+        """
+        opt = self.options
+        targets = [teacher_features[j] for j in self.adapters.teacher_indices]
+        adapted = self.adapters([f.float() for f in student_features], [t.shape[-2:] for t in targets])
+        per_pair = []
+        for student_map, target in zip(adapted, targets):
+            pair_weight = spatial_attention(target, opt.attention_temperature) if opt.attention else None
+            if weight is not None:
+                pooled = F.adaptive_avg_pool2d(weight, target.shape[-2:])
+                pair_weight = pooled if pair_weight is None else pair_weight * pooled
+            if opt.standardize_teacher_features:
+                target = standardize_features(target)
+            per_pair.append(attention_feature_loss(student_map, target, pair_weight))
+        return torch.stack(per_pair).mean(), per_pair
+
+    def response_loss(self, disps: Sequence[torch.Tensor], teacher_depth: torch.Tensor,
+                      weight: torch.Tensor | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Scale-weighted focal-depth loss of every student scale (upsampled) against the teacher depth."""
+        opt = self.options
+        per_scale = []
+        for disp in disps:
+            if disp.shape[-2:] != teacher_depth.shape[-2:]:
+                disp = F.interpolate(disp, size=teacher_depth.shape[-2:], mode="bilinear", align_corners=False)
+            depth = geometry.disp_to_depth(disp, self.min_depth, self.max_depth)[1]
+            per_scale.append(focal_depth_loss(depth, teacher_depth, weight, opt.focal_tau, opt.focal_gamma))
+        weights = torch.tensor(opt.scale_weights, dtype=per_scale[0].dtype, device=per_scale[0].device)
+        return (torch.stack(per_scale) * weights).sum() / weights.sum(), per_scale
+
+    def forward(self, batch: dict[str, Any], phase: str = "main", step: int = 0) -> dict[str, torch.Tensor]:
+        opt = self.options
+        out = self.student(batch["image"], return_features=self.adapters is not None)
+        teacher = self._teacher_outputs(batch)
+        device_type = batch["image"].device.type
+        with torch.autocast(device_type=device_type, enabled=False):  # losses in float32 under AMP
+            disps = [d.float() for d in out["disp"]]
+            teacher_depth, teacher_sigma = teacher["depth"], teacher["uncertainty"]
+            valid = teacher_depth > opt.target_min_depth
+            if opt.teacher_uncertainty_weighting:
+                weight = inverse_variance_weights(teacher_sigma, teacher_depth, opt.uncertainty_eps, mask=valid)
+            else:
+                weight = valid.float()
+            loss = torch.zeros((), device=teacher_depth.device)
+            parts: dict[str, torch.Tensor] = {
+                "teacher_rel_sigma": (teacher_sigma / teacher_depth.clamp_min(1e-6)).mean(),
+                "uncertainty_weight_min": weight[valid].min() if bool(valid.any()) else weight.new_zeros(())}
+            if opt.response_weight > 0:
+                response, per_scale = self.response_loss(disps, teacher_depth, weight)
+                loss = loss + opt.response_weight * response
+                parts.update(response=response.detach(),
+                             **{f"response_s{s}": value.detach() for s, value in enumerate(per_scale)})
+            if self.adapters is not None:
+                feature, per_pair = self.feature_loss(out["features"], teacher["features"], weight)
+                loss = loss + opt.feature_weight * feature
+                parts.update(feature=feature.detach(), **{f"feature_r{s}": value.detach() for (s, _), value
+                                                          in zip(self.adapters.pairs, per_pair)})
+            if self._photometric:
+                photometric = self._photometric[0]
+                sources, poses = photometric.source_poses(batch)
+                reprojection = multiscale_reprojection_loss(
+                    disps, batch["image"].float(), sources, batch["K"].float(), poses.float(),
+                    min_depth=self.min_depth, max_depth=self.max_depth, alpha=opt.ssim_weight, automask=opt.automask)
+                smoothness = multiscale_smoothness(disps, batch["image"].float(), opt.smoothness_weight)
+                loss = loss + opt.photometric_weight * (reprojection.loss + smoothness)
+                parts.update(photometric=reprojection.loss.detach(), smoothness=smoothness.detach())
+            if self.has_uncertainty:
+                student_depth = geometry.disp_to_depth(disps[0].detach(), self.min_depth, self.max_depth)[1]
+                residual = ensemble_residual(student_depth, teacher_depth, teacher_sigma)
+                nll_fn = laplacian_nll if opt.uncertainty_loss == "laplacian" else gaussian_nll
+                nll = nll_fn(residual, out["log_sigma"].float(), weight=valid)
+                loss = loss + opt.uncertainty_weight * nll
+                parts["uncertainty_nll"] = nll.detach()
+        return {"loss": loss, **parts}
+
+    @torch.no_grad()
+    def predict_depth(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The student's full-resolution depth (B,1,H,W) in metres (the teacher's scale kind)."""
+        disp = self.student(batch["image"])["disp"][0].float()
+        return geometry.disp_to_depth(disp, self.min_depth, self.max_depth)[1]
+
+    @torch.no_grad()
+    def visuals(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """First sample: image, student depth, teacher depth (same colour range), teacher sigma, student sigma."""
+        from kd_depth_core.utils.colorize import colorize_depth, colorize_uncertainty
+
+        first = {key: value[:1] for key, value in batch.items()}
+        out = self.student(first["image"])
+        student = geometry.disp_to_depth(out["disp"][0][0, 0].float(), self.min_depth, self.max_depth)[1]
+        teacher = self._teacher_outputs(first)
+        teacher_depth = teacher["depth"][0, 0]
+        low = float(min(student.min(), teacher_depth.min()))
+        high = max(float(max(student.max(), teacher_depth.max())), low * 1.01)
+        panels = {"image": first["image"][0].float().cpu(),
+                  "depth": _panel(colorize_depth(student.cpu().numpy(), low, high)),
+                  "teacher_depth": _panel(colorize_depth(teacher_depth.cpu().numpy(), low, high)),
+                  "teacher_uncertainty": _panel(colorize_uncertainty(teacher["uncertainty"][0, 0].cpu().numpy()))}
+        if "log_sigma" in out:
+            panels["uncertainty"] = _panel(colorize_uncertainty(torch.exp(out["log_sigma"][0, 0].float()).cpu().numpy()))
+        return panels
