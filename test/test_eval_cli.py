@@ -40,7 +40,7 @@ def _write_zero_model(path, min_depth: float = 1.0, max_depth: float = 3.0):
     from kd_depth_core.models import create_model
     from kd_depth_core.models.io import ModelMetadata, save_model
 
-    model = create_model("student_lcnet", backbone="lcnet_050", decoder_channels=(8, 8, 8, 8, 8), uncertainty=True)
+    model = create_model("student_lcnet", backbone="lcnet_050", decoder_channels=(8, 8, 8, 8), uncertainty=True)
     with torch.no_grad():
         for tensor in list(model.parameters()) + list(model.buffers()):
             if tensor.is_floating_point():
