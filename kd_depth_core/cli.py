@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("kd_depth_core.data.validate_cli", "check training sequences; errors name the file and field"),
     "models": ("kd_depth_core.models.models_cli", "list registered models with parameters and GFLOPs"),
     "train": ("kd_depth_core.train.train_cli", "train a teacher or baseline (any registered task) from a YAML config"),
+    "distill": ("kd_depth_core.distill.distill_cli",
+                "distil a teacher into a student (kd_ms_dpt, lumde, adu_depth, xdistill) from a YAML config"),
     "evaluate": ("kd_depth_core.eval.evaluate_cli",
                  "score a model on KITTI / NYUv2 / Make3D / DrivingStereo or our sequences"),
     "compare": ("kd_depth_core.eval.compare_cli", "several models (or saved results.json) in one table and one figure"),
