@@ -1,0 +1,66 @@
+"""The main job end to end: `kd-depth demo --fast` on the built-in world (real training, real ROS node)."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    result = subprocess.run([sys.executable, "-m", "kd_depth_core.cli", "demo", "--fast", "--out", str(out),
+                             "--device", "cpu", "--no-progress"], capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, f"demo failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert "Report:" in result.stdout
+    return out
+
+
+def _table_rows(markdown: str) -> dict[str, list[float]]:
+    """The accuracy table of report.md, parsed back: {model: [numbers]}."""
+    section = markdown.split("## Accuracy", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+        if len(cells) > 2 and cells[0] not in ("model",) and not set(cells[1]) <= set("-:"):
+            rows[cells[0]] = [float(c) for c in cells[1:]]
+    return rows
+
+
+def test_report_table_has_finite_numbers_for_every_model(demo):
+    report = (demo / "report" / "report.md").read_text()
+    rows = _table_rows(report)
+    assert set(rows) == {"MS-DPT teacher", "KD student", "ResNet18 baseline"}
+    for model, values in rows.items():
+        assert len(values) == 7 and all(math.isfinite(v) for v in values), (model, values)
+        abs_rel, *_, a1, a2, a3 = values
+        assert abs_rel > 0 and 0 <= a1 <= a2 <= a3 <= 1
+    assert re.search(r"!\[.*\]\(comparison\.png\)", report) and (demo / "report" / "comparison.png").is_file()
+    assert (demo / "report" / "training_curves.png").is_file()
+
+
+def test_ros_node_published_depth_uncertainty_and_points(demo):
+    ros = json.loads((demo / "ros" / "ros.json").read_text())
+    assert ros["sent"] > 0
+    assert ros["depth"] > 0 and ros["uncertainty"] > 0 and ros["points"] > 0
+    assert math.isfinite(ros["latency_p50_ms"])
+
+
+def test_exported_onnx_matches_pytorch(demo):
+    stage = json.loads((demo / "export" / "stage.json").read_text())
+    assert Path(stage["onnx"]).is_file()
+    assert 0 <= stage["check"]["max_rel_error"] <= stage["rel_tolerance"]
+
+
+def test_rerun_reuses_finished_stages(demo):
+    result = subprocess.run([sys.executable, "-m", "kd_depth_core.cli", "demo", "--fast", "--out", str(demo),
+                             "--device", "cpu", "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("reusing the finished stage") == 8
