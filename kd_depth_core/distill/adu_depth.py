@@ -45,6 +45,7 @@ from torch import nn
 from kd_depth_core import geometry
 from kd_depth_core.config import ConfigError, TrainConfig
 from kd_depth_core.distill.adapters import FeatureAdapters
+from kd_depth_core.distill.kd_ms_dpt import build_student
 from kd_depth_core.losses import (
     DEFAULT_SCALE_WEIGHTS,
     ensemble_residual,
@@ -61,7 +62,6 @@ from kd_depth_core.losses.adu import (
     standardize_features,
 )
 from kd_depth_core.models.io import ModelFileError, ModelMetadata, load_model
-from kd_depth_core.train.self_supervised import SelfSupervisedTask
 from kd_depth_core.train.tasks import Task, register_task
 
 log = logging.getLogger("kd_depth_core.distill")
@@ -209,31 +209,7 @@ class ADUDepthTask(Task):
         if not 0 < self.min_depth < self.max_depth:
             raise ConfigError(f"{where}: expected 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}")
         self.scale_kind = self.teacher.scale_kind
-        self._photometric: tuple[SelfSupervisedTask, ...] = ()  # a tuple: not a registered submodule
-        if opt.photometric_weight > 0:
-            if self.scale_kind == "relative" and opt.mode != "mono":
-                raise ConfigError(f"{where}.mode: the teacher is relative (up to scale) but mode {opt.mode!r} makes "
-                                  "the photometric loss metric; use mode 'mono' or a metric teacher")
-            photometric = SelfSupervisedTask(cfg, SelfSupervisedTask.Options(
-                mode=opt.mode, min_depth=self.min_depth, max_depth=self.max_depth, ssim_weight=opt.ssim_weight,
-                smoothness_weight=opt.smoothness_weight, automask=opt.automask, pose_model=opt.pose_model,
-                pose_kwargs=dict(opt.pose_kwargs), uncertainty_loss="laplacian"))
-            self.student = photometric.depth_net
-            self.pose_net = photometric.pose_net
-            self._photometric = (photometric,)
-        else:
-            from kd_depth_core.models import create_model
-
-            self.student = create_model(cfg.model.name, **cfg.model.kwargs)
-            self.pose_net = None
-        if len(getattr(self.student, "input_names", ("image",))) != 1:
-            raise ConfigError(f"{cfg.source}: model.name: {cfg.model.name!r} takes a stereo pair; adu_depth distils "
-                              "into a monocular student")
-        self.has_uncertainty = bool(getattr(self.student, "has_uncertainty", False))
-        if self.has_uncertainty and opt.uncertainty_loss == "none":
-            raise ConfigError(f"{where}.uncertainty_loss: model {cfg.model.name!r} has an uncertainty head; train "
-                              "it with 'laplacian' or 'gaussian' (or build the model with uncertainty: false)")
-        self.deploy_has_uncertainty = self.has_uncertainty
+        build_student(self, cfg, opt, where, "adu_depth")
         self.adapters: FeatureAdapters | None = None
         if opt.feature_weight > 0:
             student_info = getattr(self.student, "feature_info", None)

@@ -82,6 +82,41 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def build_student(task: Task, cfg: TrainConfig, opt: Any, where: str, method: str) -> None:
+    """Set ``task.student``, ``task.pose_net`` and the photometric machinery shared by distillation tasks.
+
+    With ``opt.photometric_weight > 0`` the self-supervised task builds the student and the pose network
+    and owns the source poses (one photometric implementation); otherwise only the student is built.
+    ``opt`` needs the photometric fields of :class:`KDMSDPTTask.Options`; ``task.min_depth``,
+    ``task.max_depth`` and ``task.scale_kind`` must be set (from the teacher) before the call.
+    """
+    task._photometric = ()  # a tuple: not a registered submodule
+    if opt.photometric_weight > 0:
+        if task.scale_kind == "relative" and opt.mode != "mono":
+            raise ConfigError(f"{where}.mode: the teacher is relative (up to scale) but mode {opt.mode!r} makes "
+                              "the photometric loss metric; use mode 'mono' or a metric teacher")
+        photometric = SelfSupervisedTask(cfg, SelfSupervisedTask.Options(
+            mode=opt.mode, min_depth=task.min_depth, max_depth=task.max_depth, ssim_weight=opt.ssim_weight,
+            smoothness_weight=opt.smoothness_weight, automask=opt.automask, pose_model=opt.pose_model,
+            pose_kwargs=dict(opt.pose_kwargs), uncertainty_loss="laplacian"))
+        task.student = photometric.depth_net
+        task.pose_net = photometric.pose_net
+        task._photometric = (photometric,)
+    else:
+        from kd_depth_core.models import create_model
+
+        task.student = create_model(cfg.model.name, **cfg.model.kwargs)
+        task.pose_net = None
+    if len(getattr(task.student, "input_names", ("image",))) != 1:
+        raise ConfigError(f"{cfg.source}: model.name: {cfg.model.name!r} takes a stereo pair; {method} "
+                          "distils into a monocular student")
+    task.has_uncertainty = bool(getattr(task.student, "has_uncertainty", False))
+    if task.has_uncertainty and opt.uncertainty_loss == "none":
+        raise ConfigError(f"{where}.uncertainty_loss: model {cfg.model.name!r} has an uncertainty head; train "
+                          "it with 'laplacian' or 'gaussian' (or build the model with uncertainty: false)")
+    task.deploy_has_uncertainty = task.has_uncertainty
+
+
 @register_task("kd_ms_dpt")
 class KDMSDPTTask(Task):
     """Student distilled from an MC-dropout MS-DPT teacher (see the module docstring)."""
@@ -127,32 +162,7 @@ class KDMSDPTTask(Task):
         self.scale_kind = self.teacher.scale_kind
         if not cfg.model.name:
             raise ConfigError(f"{cfg.source}: model.name: expected a registered student model (e.g. student_lcnet)")
-        self._photometric: tuple[SelfSupervisedTask, ...] = ()  # a tuple: not a registered submodule
-        if opt.photometric_weight > 0:
-            if self.scale_kind == "relative" and opt.mode != "mono":
-                raise ConfigError(f"{where}.mode: the teacher is relative (up to scale) but mode {opt.mode!r} makes "
-                                  "the photometric loss metric; use mode 'mono' or a metric teacher")
-            # The self-supervised task builds the student and the pose network and owns the source poses.
-            photometric = SelfSupervisedTask(cfg, SelfSupervisedTask.Options(
-                mode=opt.mode, min_depth=self.min_depth, max_depth=self.max_depth, ssim_weight=opt.ssim_weight,
-                smoothness_weight=opt.smoothness_weight, automask=opt.automask, pose_model=opt.pose_model,
-                pose_kwargs=dict(opt.pose_kwargs), uncertainty_loss="laplacian"))
-            self.student = photometric.depth_net
-            self.pose_net = photometric.pose_net
-            self._photometric = (photometric,)
-        else:
-            from kd_depth_core.models import create_model
-
-            self.student = create_model(cfg.model.name, **cfg.model.kwargs)
-            self.pose_net = None
-        if len(getattr(self.student, "input_names", ("image",))) != 1:
-            raise ConfigError(f"{cfg.source}: model.name: {cfg.model.name!r} takes a stereo pair; kd_ms_dpt "
-                              "distils into a monocular student")
-        self.has_uncertainty = bool(getattr(self.student, "has_uncertainty", False))
-        if self.has_uncertainty and opt.uncertainty_loss == "none":
-            raise ConfigError(f"{where}.uncertainty_loss: model {cfg.model.name!r} has an uncertainty head; train "
-                              "it with 'laplacian' or 'gaussian' (or build the model with uncertainty: false)")
-        self.deploy_has_uncertainty = self.has_uncertainty
+        build_student(self, cfg, opt, where, "kd_ms_dpt")
         self.cache: PseudoLabelCache | None = None
         self._cache_shape: tuple[int, int] | None = None
         log.info("kd_ms_dpt: teacher %s (%d MC samples), student %s, %s scale, depth %.3g-%.3g m",
