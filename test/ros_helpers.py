@@ -10,10 +10,8 @@ disparity is 0.5 everywhere) are written in the released format by :func:`write_
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -56,14 +54,9 @@ def write_constant_model(path: Path, stereo: bool = False, min_depth: float = 1.
 
 def node_command(executable: str) -> list[str]:
     """The installed executable (as ``ros2 run`` finds it) or ``python -m <module>``."""
-    prefix = Path(sys.prefix)
-    for candidate in (prefix / "lib" / "kd_depth_ros" / executable, prefix / "bin" / executable):
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return [str(candidate)]
-    found = shutil.which(executable)
-    if found:
-        return [found]
-    return [sys.executable, "-m", NODE_MODULES[executable]]
+    from kd_depth_ros.demo_replay import node_command as find_node
+
+    return find_node(executable, NODE_MODULES[executable])
 
 
 def _ros_value(value: Any) -> str:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,7 +45,7 @@ from torch import nn
 from kd_depth_core import geometry
 from kd_depth_core.config import ConfigError, TrainConfig
 from kd_depth_core.distill.adapters import FeatureAdapters
-from kd_depth_core.distill.kd_ms_dpt import build_student
+from kd_depth_core.distill.kd_ms_dpt import StudentOptions, build_student
 from kd_depth_core.losses import (
     DEFAULT_SCALE_WEIGHTS,
     ensemble_residual,
@@ -171,7 +171,7 @@ class ADUDepthTask(Task):
     """Stereo teacher -> monocular student: attention-adapted features, focal response, uncertainty."""
 
     @dataclass
-    class Options:
+    class Options(StudentOptions):
         teacher_path: str = ""  # released stereo teacher (.safetensors), required
         feature_weight: float = 1.0  # attention-adapted feature distillation; 0 = off (no adapters)
         feature_pairs: tuple[tuple[int, int], ...] = ()  # (student stride, teacher stride); () = shared >= 4
@@ -185,17 +185,7 @@ class ADUDepthTask(Task):
         teacher_uncertainty_weighting: bool = True  # weights 1 / ((sigma_t/d_t)^2 + eps) on both terms
         uncertainty_eps: float = 0.01  # relative variance at which a pixel's weight halves
         target_min_depth: float = 0.0  # metres; pixels with teacher depth <= this are left out
-        photometric_weight: float = 1.0  # 0 = distillation only (no pose network)
         mode: Literal["mono", "stereo", "mono_stereo"] = "mono_stereo"  # photometric sources
-        ssim_weight: float = 0.85
-        smoothness_weight: float = 1e-3
-        automask: bool = True
-        pose_model: str = "pose_resnet18"
-        pose_kwargs: dict[str, Any] = field(default_factory=dict)
-        uncertainty_loss: Literal["laplacian", "gaussian", "none"] = "laplacian"
-        uncertainty_weight: float = 0.1
-        min_depth: float | None = None  # metres; None = the teacher's
-        max_depth: float | None = None  # metres; None = the teacher's
 
     checkpoint_exclude = ("teacher.",)
 

@@ -82,12 +82,30 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def build_student(task: Task, cfg: TrainConfig, opt: Any, where: str, method: str) -> None:
+@dataclass
+class StudentOptions:
+    """Options every distillation task shares: the student's photometric term, its uncertainty loss and
+    the depth range (read by :func:`build_student`). Task ``Options`` inherit these fields."""
+
+    photometric_weight: float = 1.0  # 0 = distillation only (no pose network)
+    mode: Literal["mono", "stereo", "mono_stereo"] = "mono"  # photometric sources (self_supervised)
+    ssim_weight: float = 0.85
+    smoothness_weight: float = 1e-3
+    automask: bool = True
+    pose_model: str = "pose_resnet18"
+    pose_kwargs: dict[str, Any] = field(default_factory=dict)
+    uncertainty_loss: Literal["laplacian", "gaussian", "none"] = "laplacian"
+    uncertainty_weight: float = 0.1
+    min_depth: float | None = None  # metres; None = the teacher's
+    max_depth: float | None = None  # metres; None = the teacher's
+
+
+def build_student(task: Task, cfg: TrainConfig, opt: StudentOptions, where: str, method: str) -> None:
     """Set ``task.student``, ``task.pose_net`` and the photometric machinery shared by distillation tasks.
 
     With ``opt.photometric_weight > 0`` the self-supervised task builds the student and the pose network
     and owns the source poses (one photometric implementation); otherwise only the student is built.
-    ``opt`` needs the photometric fields of :class:`KDMSDPTTask.Options`; ``task.min_depth``,
+    ``task.min_depth``,
     ``task.max_depth`` and ``task.scale_kind`` must be set (from the teacher) before the call.
     """
     task._photometric = ()  # a tuple: not a registered submodule
@@ -122,7 +140,7 @@ class KDMSDPTTask(Task):
     """Student distilled from an MC-dropout MS-DPT teacher (see the module docstring)."""
 
     @dataclass
-    class Options:
+    class Options(StudentOptions):
         teacher_path: str = ""  # released teacher model (.safetensors), required
         num_samples: int = 8  # MC-dropout passes per image (1 = one deterministic pass)
         teacher_max_batch: int = 0  # most images per teacher forward; 0 = all B x num_samples at once
@@ -136,17 +154,6 @@ class KDMSDPTTask(Task):
         target_min_depth: float = 0.0  # metres; pixels with pseudo-depth <= this are left out
         confidence: Literal["inverse", "exp", "none"] = "inverse"
         confidence_tau: float = 0.1  # relative spread std/mean at which `inverse` gives weight 0.5
-        photometric_weight: float = 1.0  # 0 = distillation only (no pose network)
-        mode: Literal["mono", "stereo", "mono_stereo"] = "mono"  # photometric sources (self_supervised)
-        ssim_weight: float = 0.85
-        smoothness_weight: float = 1e-3
-        automask: bool = True
-        pose_model: str = "pose_resnet18"
-        pose_kwargs: dict[str, Any] = field(default_factory=dict)
-        uncertainty_loss: Literal["laplacian", "gaussian", "none"] = "laplacian"
-        uncertainty_weight: float = 0.1
-        min_depth: float | None = None  # metres; None = the teacher's
-        max_depth: float | None = None  # metres; None = the teacher's
 
     checkpoint_exclude = ("teacher.",)
 
