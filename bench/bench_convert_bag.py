@@ -3,16 +3,19 @@
 Writes a 640x480 bag (mcap, a moving texture so every frame is a keyframe, camera_info per frame)
 with rosbags' writer, then, in one run and alternating, times
   baseline:   AnyReader + deserialise + rosbags-image decode to RGB of every image message;
-  conversion: ``convert_bag`` (matching, keyframes, rectification check, SequenceWriter to PNG).
+  conversion: ``convert_bag`` (matching, keyframes, rectification check, SequenceWriter; by default
+              ``--image-format auto``: a jpeg/png camera's bytes stored as recorded, raw images as PNG).
 Reports frames/s of each (best of ``--repeats``) and the ratio conversion / baseline.
 
     .venv/bin/python bench/bench_convert_bag.py [--frames 120] [--formats jpeg png raw] [--repeats 3]
-        [--output-format png|jpg]
+        [--output-format auto|png|jpg]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -61,9 +64,10 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=120)
     parser.add_argument("--formats", nargs="+", default=["jpeg", "png", "raw"], choices=["jpeg", "png", "raw"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--output-format", choices=["png", "jpg"], default="png", help="sequence image format")
+    parser.add_argument("--output-format", choices=["auto", "png", "jpg"], default="auto", help="sequence image format")
     args = parser.parse_args()
     results = []
+    print(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(), "load_start": os.getloadavg()}), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_convert_bag_") as tmp:
         tmp = Path(tmp)
         for fmt in args.formats:

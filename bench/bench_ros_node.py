@@ -71,15 +71,15 @@ def bench_cloud(repeats: int) -> dict[str, float]:
     rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
     K = np.array([[FX, 0, W / 2], [0, FY, H / 2], [0, 0, 1]])
     results = {}
-    for stride in (1, 4):
-        builder = PointCloudBuilder(stride=stride, organized=True)
+    for stride, reuse in ((1, True), (4, True), (1, False)):  # reuse_buffer=True is what the nodes run
+        builder = PointCloudBuilder(stride=stride, organized=True, reuse_buffer=reuse)
         builder.build(depth, K, Header(), rgb)  # rays cached
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             builder.build(depth, K, Header(), rgb)
             times.append(time.perf_counter() - start)
-        results[f"organised_rgb_stride{stride}_p50_ms"] = percentiles(times)["p50"]
+        results[f"organised_rgb_stride{stride}{'' if reuse else '_fresh_buffer'}_p50_ms"] = percentiles(times)["p50"]
     return results
 
 

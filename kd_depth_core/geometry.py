@@ -327,12 +327,13 @@ def pixel_rays(K: np.ndarray, height: int, width: int, stride: int = 1) -> np.nd
 
 
 def depth_to_points(depth: np.ndarray, K: np.ndarray | None = None, stride: int = 1,
-                    rays: np.ndarray | None = None) -> np.ndarray:
+                    rays: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Depth image (H, W) metres -> organised point cloud (h, w, 3) float32 in the camera frame.
 
     X = (u-cx)Z/fx, Y = (v-cy)Z/fy, Z = depth, sampled every ``stride`` pixels. Invalid depth
     (<= 0 or not finite) gives NaN points. Pass ``rays = pixel_rays(K, H, W, stride)`` to skip
-    recomputing them per frame (then ``K`` may be None).
+    recomputing them per frame (then ``K`` may be None). ``out``: a float32 (h, w, C >= 3) array
+    whose first three channels receive the points (e.g. a PointCloud2 buffer); returns that view.
     """
     depth = np.asarray(depth)
     if depth.ndim != 2:
@@ -346,4 +347,11 @@ def depth_to_points(depth: np.ndarray, K: np.ndarray | None = None, stride: int 
         raise ValueError(f"rays: expected shape {(*z.shape, 3)} for depth {depth.shape} with stride {stride}, "
                          f"got {rays.shape}")
     z = np.where((z > 0) & (z < np.inf), z, np.float32(np.nan)).astype(np.float32, copy=False)
-    return rays * z[..., None]
+    if out is None:
+        out = np.empty((*z.shape, 3), dtype=np.float32)
+    elif out.dtype != np.float32 or out.shape[:2] != z.shape or out.shape[2] < 3:
+        raise ValueError(f"out: expected float32 of shape {(*z.shape, '>=3')}, got {out.dtype} {out.shape}")
+    np.multiply(z, rays[..., 0], out=out[..., 0])  # channel by channel: ~3x faster than one broadcast
+    np.multiply(z, rays[..., 1], out=out[..., 1])
+    out[..., 2] = z
+    return out[..., :3]

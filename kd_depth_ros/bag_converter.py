@@ -13,6 +13,8 @@ Per bag, in one streaming pass read with rosbags' ``AnyReader`` (header stamps, 
 4. kept frames are rectified from K/D/R/P (skipped when the topic is already rectified or the
    calibration is an identity), resized with the intrinsics scaled, lidar points are projected
    through the ``/tf_static`` lidar->camera transform into a metric depth image (nearest wins);
+   a compressed frame that needs no remap or resize is stored as the camera encoded it (jpeg or
+   png bytes, ``--image-format auto``): no decode/re-encode, no second compression loss;
 5. each segment with at least ``--min-frames`` keyframes becomes one sequence
    ``<bag name>_<segment:03d>``, written atomically by ``SequenceWriter``.
 
@@ -42,7 +44,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from kd_depth_core.data.sequence import CameraModel, Sequence, SequenceError, SequenceWriter
+from kd_depth_core.data.sequence import CameraModel, Sequence, SequenceError, SequenceWriter, encoded_format
 from kd_depth_ros.keyframes import NS_PER_S, KeyframeSelector, Matched, NearestStampMatcher, SegmentSplitter
 from kd_depth_ros.lidar import (
     LidarError,
@@ -52,7 +54,16 @@ from kd_depth_ros.lidar import (
     project_to_depth,
     transform_points,
 )
-from kd_depth_ros.rectify import RECTIFY_MODES, CalibrationError, CameraCalibration, looks_rectified, prepare_frame
+from kd_depth_ros.rectify import (
+    RECTIFY_MODES,
+    CalibrationError,
+    CameraCalibration,
+    camera_model,
+    looks_rectified,
+    needs_remap,
+    output_size,
+    prepare_frame,
+)
 
 CONVERTER_ID = "kd_depth_ros.bag_converter"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -62,6 +73,8 @@ CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 CLOUD_TYPE = "sensor_msgs/msg/PointCloud2"
 TF_TYPE = "tf2_msgs/msg/TFMessage"
 CAMERA_INFO_POLICIES = ("nearest", "latest")
+IMAGE_FORMAT_CHOICES = ("auto", "png", "jpg")
+THUMB_DECODE = cv2.IMREAD_REDUCED_GRAYSCALE_4  # enough pixels for keyframe motion; a jpeg decodes at 1/4 size
 
 
 # --------------------------------------------------------------------------- errors
@@ -127,7 +140,7 @@ class ConvertOptions:
     min_frames: int = 3
     min_depth: float = 0.1
     max_depth: float = 250.0
-    image_format: str = "png"
+    image_format: str = "auto"
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -145,7 +158,8 @@ class ConvertOptions:
              (self.min_depth, self.max_depth)),
             (self.width is None or self.width > 0, "width", "a positive number of pixels", self.width),
             (self.height is None or self.height > 0, "height", "a positive number of pixels", self.height),
-            (self.image_format in ("png", "jpg"), "image_format", "png or jpg", self.image_format),
+            (self.image_format in IMAGE_FORMAT_CHOICES, "image_format", f"one of {IMAGE_FORMAT_CHOICES}",
+             self.image_format),
         ]
         for ok, name, expected, value in checks:
             if not ok:
@@ -510,14 +524,36 @@ class BagConverter:
         self.summary.sequences_written.append(seg.name)
         self.summary.frames_written += len(seg.writer)
 
-    def _open_writer(self, seg: _Segment, camera: CameraModel, stereo: bool) -> SequenceWriter:
+    def _output_format(self, msg, msgtype: str) -> str:
+        """The segment's image format: as asked, or (auto) the camera's own jpeg/png, png for raw images."""
+        if self.options.image_format != "auto":
+            return self.options.image_format
+        return (encoded_format(msg.data) or "png") if msgtype == COMPRESSED_TYPE else "png"
+
+    def _stored_as_is(self, msg, msgtype: str, calib: CameraCalibration, image_format: str, where: str):
+        """(encoded bytes, grayscale thumbnail) when a compressed frame can be stored without re-encoding
+        (already in ``image_format``; the caller checked that no remap or resize is due); None otherwise."""
+        if msgtype != COMPRESSED_TYPE or encoded_format(msg.data) != image_format:
+            return None
+        data = np.frombuffer(msg.data, np.uint8) if not isinstance(msg.data, np.ndarray) else msg.data
+        thumb = cv2.imdecode(data, THUMB_DECODE)
+        if thumb is None:
+            raise FrameDecodeError(f"{where}: CompressedImage data ({data.size} bytes, format {msg.format!r}) "
+                                   "does not decode")
+        rows, cols = thumb.shape[:2]  # a reduced jpeg rounds the size up, a reduced png down
+        if rows not in (calib.height // 4, -(-calib.height // 4)) or cols not in (calib.width // 4, -(-calib.width // 4)):
+            raise CameraInfoError(f"{where}: image is about {thumb.shape[1] * 4}x{thumb.shape[0] * 4} but its "
+                                  f"camera_info says {calib.width}x{calib.height}")
+        return data.tobytes(), thumb
+
+    def _open_writer(self, seg: _Segment, camera: CameraModel, stereo: bool, image_format: str) -> SequenceWriter:
         source = {
             "converter": CONVERTER_ID, "bag": str(self.bag.resolve()), "bag_name": self.prefix,
             "topics": self.plan.as_dict(), "settings": self.options.fingerprint_settings(),
             "fingerprint": self.fingerprint, "segment": seg.name,
         }
         return SequenceWriter(seg.path, camera, has_right=stereo, has_depth=self.plan.lidar is not None,
-                              source=source, image_format=self.options.image_format, overwrite=self.options.force)
+                              source=source, image_format=image_format, overwrite=self.options.force)
 
     # ---- one frame
     def _frame(self, m: Matched) -> None:
@@ -545,30 +581,45 @@ class BagConverter:
             self.summary.frames_skipped_existing += 1
             return
         where = f"{self.bag}: {plan.left} at stamp {stamp} ns"
+        right_where = f"{self.bag}: {plan.right} at stamp {stamp} ns"
+        image_format = seg.writer.image_format if seg.writer is not None else self._output_format(m.item, plan.left_type)
+        pixels_unchanged = not needs_remap(opts.rectify, plan.already_rectified, left_calib, right_calib) and (
+            output_size(left_calib.width, left_calib.height, opts.width, opts.height)
+            == (left_calib.width, left_calib.height))
         try:
-            left = decode_image(m.item, plan.left_type, where)
-            right = None if right_calib is None else decode_image(
-                right_msg, plan.right_type, f"{self.bag}: {plan.right} at stamp {stamp} ns")
+            as_is = [self._stored_as_is(m.item, plan.left_type, left_calib, image_format, where),
+                     None if right_calib is None else
+                     self._stored_as_is(right_msg, plan.right_type, right_calib, image_format, right_where)
+                     ] if pixels_unchanged else [None, None]
+            if as_is[0] is not None and (right_calib is None or as_is[1] is not None):
+                (left, thumb), right = as_is[0], None if right_calib is None else as_is[1][0]
+            else:
+                as_is[0] = None
+                left = thumb = decode_image(m.item, plan.left_type, where)
+                right = None if right_calib is None else decode_image(right_msg, plan.right_type, right_where)
         except FrameDecodeError as exc:
             self.dropped["undecodable image data"] += 1
             if len(self.summary.warnings) < 20:  # the first few, for the summary JSON
                 self.summary.warnings.append(str(exc))
             return
-        keep, _ = self.keyframes.accept(left)
+        keep, _ = self.keyframes.accept(thumb)
         if not keep:
             self.dropped[f"static (motion < {opts.min_motion:g} grey levels)"] += 1
             return
         try:
-            left, right, camera = prepare_frame(left, left_calib, right, right_calib, mode=opts.rectify,
-                                                already_rectified=plan.already_rectified,
-                                                width=opts.width, height=opts.height)
+            if as_is[0] is not None:
+                camera = camera_model(left_calib, rectified=opts.rectify != "raw", right=right_calib)
+            else:
+                left, right, camera = prepare_frame(left, left_calib, right, right_calib, mode=opts.rectify,
+                                                    already_rectified=plan.already_rectified,
+                                                    width=opts.width, height=opts.height)
         except CalibrationError as exc:
             raise CameraInfoError(f"{where}: {exc} ({plan.left_info}, {plan.right_info or 'mono'})") from None
         depth = None
         if plan.lidar is not None:
             depth = self._lidar_depth(m.partners.get("cloud"), camera, left_calib)
         if seg.writer is None:
-            seg.writer = self._open_writer(seg, camera, stereo=right is not None)
+            seg.writer = self._open_writer(seg, camera, stereo=right is not None, image_format=image_format)
         self.adder.add(seg.writer, stamp, left, right=right, depth=depth)
 
     def _lidar_depth(self, cloud, camera: CameraModel, calib: CameraCalibration) -> np.ndarray:
@@ -729,7 +780,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     image.add_argument("--width", type=int, help="output width, pixels (intrinsics scaled; height kept in aspect "
                                                  "when not given)")
     image.add_argument("--height", type=int, help="output height, pixels")
-    image.add_argument("--image-format", choices=("png", "jpg"), default="png", help="default: %(default)s")
+    image.add_argument("--image-format", choices=IMAGE_FORMAT_CHOICES, default="auto",
+                       help="auto: keep a compressed camera's own jpeg/png bytes when no remap or resize is due (no "
+                            "second compression, fastest), png for raw images; png: lossless; jpg: quality 95 "
+                            "(default: %(default)s)")
     select = parser.add_argument_group("frame selection")
     select.add_argument("--min-motion", type=float, default=1.0, metavar="GREY",
                         help="keep a frame when its downscaled grayscale differs from the last kept one by at least "

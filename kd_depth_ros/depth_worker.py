@@ -248,7 +248,8 @@ class DepthNodeBase(LifecycleNode):
         self.worker: LatestFrameWorker | None = None
         self.pubs: dict[str, Any] = {}
         self.subs: list[Any] = []
-        self._cloud = conversions.PointCloudBuilder(self.values["points_stride"], self.values["points_organized"])
+        self._cloud = conversions.PointCloudBuilder(self.values["points_stride"], self.values["points_organized"],
+                                                      reuse_buffer=True)
         self._last_log: dict[str, float] = {}
         self._active_since: float | None = None
         self._warned_frame_id = False
@@ -460,7 +461,8 @@ class DepthNodeBase(LifecycleNode):
             self.pubs["uncertainty"].publish(conversions.numpy_to_image(std, "32FC1", header))
         if values["publish_points"]:
             if (self._cloud.stride, self._cloud.organized) != (values["points_stride"], values["points_organized"]):
-                self._cloud = conversions.PointCloudBuilder(values["points_stride"], values["points_organized"])
+                self._cloud = conversions.PointCloudBuilder(values["points_stride"], values["points_organized"],
+                                                          reuse_buffer=True)
             colors = rgb if values["points_colored"] else None
             self.pubs["points"].publish(self._cloud.build(depth, conversions.camera_matrix(out_info), header, colors))
         if values["publish_colorized"]:

@@ -7,7 +7,7 @@ share/kd_depth_ros/models/default_stereo.safetensors).
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
@@ -33,6 +33,12 @@ def generate_launch_description() -> LaunchDescription:
                               default_value=PathJoinSubstitution([share, "models", "default_stereo.safetensors"]),
                               description="stereo released model (.safetensors) or export"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag playback)"),
+        DeclareLaunchArgument(
+            "dds_profile",
+            default_value=EnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", default_value=PathJoinSubstitution(
+                [share, "config", "fastdds_large_data.xml"])),
+            description="Fast DDS profile of the node (FASTRTPS_DEFAULT_PROFILES_FILE); the default's large "
+                        "shared-memory segment carries whole images (see the file)"),
         DeclareLaunchArgument("log_level", default_value="info", description="debug, info, warn, error"),
         DeclareLaunchArgument("rviz", default_value="false", description="also start RViz with config/kd_depth.rviz"),
     ]
@@ -57,6 +63,7 @@ def generate_launch_description() -> LaunchDescription:
             ("right/camera_info", LaunchConfiguration("right_camera_info")),
         ],
         ros_arguments=["--log-level", LaunchConfiguration("log_level")],
+        additional_env={"FASTRTPS_DEFAULT_PROFILES_FILE": LaunchConfiguration("dds_profile")},
         output="screen",
         emulate_tty=True,
     )

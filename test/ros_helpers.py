@@ -20,6 +20,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config"
+DDS_ENV = {"FASTRTPS_DEFAULT_PROFILES_FILE": str(CONFIG / "fastdds_large_data.xml")}
+"""What the launch files add to a node's environment (argument dds_profile's default)."""
 NODE_MODULES = {"mono_depth_node": "kd_depth_ros.mono_depth_node",
                 "stereo_depth_node": "kd_depth_ros.stereo_depth_node"}
 

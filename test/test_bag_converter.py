@@ -287,3 +287,37 @@ def test_decode_handles_row_padding_and_drops_corrupt_frames(tmp_path):
     summary = convert_bag(bf.write_bag(tmp_path / "glitch", msgs, "sqlite3"), tmp_path / "out")
     assert summary.frames_written == 4 and summary.dropped == {"undecodable image data": 1}
     assert "stamp 1200000000 ns" in summary.warnings[0]
+
+
+@pytest.mark.parametrize("fmt,ext", [("jpeg", "jpg"), ("png", "png")])
+def test_compressed_frames_are_stored_as_recorded(tmp_path, fmt, ext):
+    """image_format auto: a jpeg/png camera's own bytes are the sequence's files (no second compression);
+    png output re-encodes the same decoded pixels; a resize decodes and re-encodes in the camera's format."""
+    frames = bf.textured_frames(4, W, H)
+    msgs = [bf.compressed("/cam/image_raw/compressed", f, T0 + i * DT, fmt=fmt) for i, f in enumerate(frames)]
+    msgs += [bf.camera_info("/cam/camera_info", T0 + i * DT, W, H, K) for i in range(4)]
+    bag = bf.write_bag(tmp_path / "cam", msgs, "mcap")
+    convert_bag(bag, tmp_path / "auto")
+    seq = Sequence(tmp_path / "auto" / "cam_000")
+    assert seq.meta["image_format"] == ext and validate_sequence(seq.path)
+    for i, msg in enumerate(msgs[:4]):
+        recorded = bytes(msg.fields["data"])
+        assert (seq.path / "left" / f"{i:06d}.{ext}").read_bytes() == recorded
+        expected = cv2.cvtColor(cv2.imdecode(np.frombuffer(recorded, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(seq.load_left(i), expected)
+    convert_bag(bag, tmp_path / "png", ConvertOptions(image_format="png"))
+    as_png = Sequence(tmp_path / "png" / "cam_000")
+    assert as_png.meta["image_format"] == "png"
+    np.testing.assert_array_equal(as_png.load_left(2), seq.load_left(2))
+    convert_bag(bag, tmp_path / "half", ConvertOptions(width=W // 2))
+    half = Sequence(tmp_path / "half" / "cam_000")
+    assert half.meta["image_format"] == ext and half.camera.width == W // 2 and half.load_left(0).shape == (H // 2, W // 2, 3)
+
+
+def test_stored_as_recorded_still_checks_size_against_camera_info(tmp_path):
+    frames = bf.textured_frames(3, W, H)
+    msgs = [bf.compressed("/cam/image_raw/compressed", f, T0 + i * DT, fmt="jpeg") for i, f in enumerate(frames)]
+    msgs += [bf.camera_info("/cam/camera_info", T0 + i * DT, 2 * W, 2 * H, K) for i in range(3)]
+    with pytest.raises(bag_converter.CameraInfoError, match=f"camera_info says {2 * W}x{2 * H}"):
+        convert_bag(bf.write_bag(tmp_path / "cam", msgs, "mcap"), tmp_path / "out")
+    assert not (tmp_path / "out" / "cam_000").exists()

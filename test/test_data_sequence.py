@@ -1,6 +1,7 @@
 """Sequence format: round trip, validator errors that name the file and field, atomic writes."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -196,3 +197,14 @@ def test_ensure_splits_holds_out_sequences_and_never_overwrites(tmp_path):
     assert ensure_splits(tmp_path) == {"train": ["s1", "s2"], "val": ["s3"], "test": ["s3"]}
     assert read_split(tmp_path, "val") == ["s3"]
     assert ensure_splits(tmp_path) is None  # existing splits are the user's
+
+
+def test_writer_stores_encoded_bytes_as_they_are_and_rejects_another_format(tmp_path):
+    camera = CameraModel(width=8, height=4, K=np.array([[8.0, 0, 4], [0, 8, 2], [0, 0, 1]]))
+    rgb = np.arange(8 * 4 * 3, dtype=np.uint8).reshape(4, 8, 3)
+    ok, jpeg = cv2.imencode(".jpg", rgb)
+    with SequenceWriter(tmp_path / "seq", camera, image_format="jpg", workers=0) as writer:
+        writer.add_frame(1, jpeg.tobytes())
+        with pytest.raises(ValueError, match="left: encoded bytes are png; this sequence stores jpg"):
+            writer.add_frame(2, cv2.imencode(".png", rgb)[1].tobytes())
+    assert (tmp_path / "seq" / "left" / "000000.jpg").read_bytes() == jpeg.tobytes()

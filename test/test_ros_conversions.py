@@ -203,6 +203,19 @@ def test_point_cloud_values_by_hand():
     np.testing.assert_allclose(conversions.cloud_to_numpy(strided)[0], [[-0.5, -0.125, 1.0], [1.5, -0.375, 3.0]])
 
 
+def test_point_cloud_reused_buffer_matches_fresh_buffer():
+    K = np.array([[2.0, 0.0, 1.0], [0.0, 4.0, 0.5], [0.0, 0.0, 1.0]])
+    depth = np.array([[1.0, 2.0, 3.0], [4.0, np.nan, 0.0]], dtype=np.float32)
+    rgb = np.arange(18, dtype=np.uint8).reshape(2, 3, 3)
+    fresh = conversions.PointCloudBuilder().build(depth, K, Header(), rgb)
+    builder = conversions.PointCloudBuilder(reuse_buffer=True)
+    first = builder.build(depth, K, Header(), rgb)
+    assert bytes(first.data) == bytes(fresh.data)
+    second = builder.build(2 * depth, K, Header(), rgb)  # the same buffer, rewritten (publish before rebuilding)
+    np.testing.assert_allclose(conversions.cloud_to_numpy(second), 2 * conversions.cloud_to_numpy(fresh))
+    assert conversions.PointCloudBuilder(organized=False, reuse_buffer=True).build(depth, K, Header()).width == 4
+
+
 def test_disparity_message():
     disparity = np.full((4, 5), np.nan, np.float32)
     disparity[1:3, 2:5] = 8.0

@@ -5,6 +5,7 @@ with the same parameter files). Where launch_pytest is importable, the mono laun
 from __future__ import annotations
 
 import ast
+import fnmatch
 import importlib
 import importlib.util
 from pathlib import Path
@@ -23,7 +24,7 @@ KNOWN_IMPORTS = {
     "launch": {"LaunchDescription"},
     "launch.actions": {"DeclareLaunchArgument", "GroupAction", "IncludeLaunchDescription", "LogInfo"},
     "launch.conditions": {"IfCondition", "UnlessCondition"},
-    "launch.substitutions": {"LaunchConfiguration", "PathJoinSubstitution", "TextSubstitution"},
+    "launch.substitutions": {"EnvironmentVariable", "LaunchConfiguration", "PathJoinSubstitution", "TextSubstitution"},
     "launch_ros.actions": {"Node", "LifecycleNode", "PushRosNamespace"},
     "launch_ros.parameter_descriptions": {"ParameterValue", "ParameterFile"},
     "launch_ros.substitutions": {"FindPackageShare"},
@@ -143,6 +144,7 @@ def test_launch_file_names_only_what_exists(launch_file):
         path = share_path(node)
         if path and path.startswith("config/"):
             assert (REPO / path).is_file(), path
+            assert any(fnmatch.fnmatch(path, pattern) for pattern in patterns), f"{path} is not installed by setup.py"
 
 
 def test_rviz_config_shows_the_node_outputs():

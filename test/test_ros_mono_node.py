@@ -26,6 +26,7 @@ from kd_depth_ros.params import ParameterError, ParamSpec, coerce
 sys.path.insert(0, str(Path(__file__).parent))
 from ros_helpers import (  # noqa: E402
     CONFIG,
+    DDS_ENV,
     NodeProcess,
     RosHarness,
     camera_info,
@@ -177,7 +178,8 @@ def mono(tmp_path_factory):
     params = {"model_path": str(model), "device": "cpu", "output_width": OUT_W, "output_height": OUT_H,
               "points_stride": 2, "publish_colorized": True, "no_input_warn_s": 1.0, "diagnostics_period_s": 0.5}
     node = NodeProcess("mono_depth_node", params_file=CONFIG / "mono_depth.yaml", params=params,
-                       remaps={"image": "/test_cam/image", "camera_info": "/test_cam/camera_info", "__ns": "/kd"})
+                       remaps={"image": "/test_cam/image", "camera_info": "/test_cam/camera_info", "__ns": "/kd"},
+                       env=DDS_ENV)
     harness = RosHarness("mono_test_harness")
     try:
         topics = {"depth": Image, "depth/camera_info": CameraInfo, "uncertainty": Image, "points": PointCloud2,
@@ -253,6 +255,7 @@ def test_known_frame_gives_known_depth_camera_info_uncertainty_and_points(mono):
 
     colorized = next(m for m in received["depth/colorized"] if conversions.header_stamp_ns(m.header) == stamp)
     assert (colorized.encoding, colorized.width, colorized.height) == ("rgb8", OUT_W, OUT_H)
+    assert "XMLPARSER" not in node.log(), "Fast DDS rejected config/fastdds_large_data.xml"
 
 
 def test_bad_messages_are_logged_and_skipped_and_the_next_good_frame_is_published(mono):

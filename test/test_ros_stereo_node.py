@@ -21,6 +21,7 @@ from kd_depth_ros.sync import StampSynchronizer
 sys.path.insert(0, str(Path(__file__).parent))
 from ros_helpers import (  # noqa: E402
     CONFIG,
+    DDS_ENV,
     NodeProcess,
     RosHarness,
     camera_info,
@@ -110,7 +111,7 @@ def test_stereo_node_pairs_jittered_stamps_and_publishes_depth_and_disparity(tmp
               for kind in ("image_rect", "camera_info")}
     harness = RosHarness("stereo_test_harness")
     node = NodeProcess("stereo_depth_node", params_file=CONFIG / "stereo_depth.yaml", params=params,
-                       remaps={**remaps, "__ns": "/kds"})
+                       remaps={**remaps, "__ns": "/kds"}, env=DDS_ENV)
     try:
         depth = harness.subscribe(Image, "/kds/depth")
         disparity = harness.subscribe(DisparityImage, "/kds/disparity")
@@ -122,11 +123,8 @@ def test_stereo_node_pairs_jittered_stamps_and_publishes_depth_and_disparity(tmp
                              and harness.node.count_publishers("/kds/disparity") > 0, STARTUP_S)
         assert ready, f"node did not come up:\n{node.log()}"
         image = np.zeros((H, W, 3), np.uint8)
-        paired, unpaired = [], []
-        for frame in range(8):
-            stamp = 10_000_000_000 + frame * 200 * MS
-            right_offset = 2 * MS if frame % 2 == 0 else 20 * MS  # odd frames: right image 20 ms late
-            (paired if frame % 2 == 0 else unpaired).append(stamp)
+
+        def publish_frame(stamp: int, right_offset: int) -> None:
             msgs = {"left/image_rect": conversions.numpy_to_image(image, "rgb8", header(stamp, "left_optical")),
                     "right/image_rect": conversions.numpy_to_image(image, "rgb8",
                                                                    header(stamp + right_offset, "right_optical")),
@@ -135,6 +133,27 @@ def test_stereo_node_pairs_jittered_stamps_and_publishes_depth_and_disparity(tmp
                                                      baseline=BASELINE)}
             for topic, msg in msgs.items():
                 pubs[topic].publish(msg)
+
+        # Discovery is not symmetric: seeing the node's publishers does not mean the node has matched our
+        # subscriptions yet. Warm up with paired frames until outputs arrive, so no test frame is lost to it.
+        warm_stamp = 5_000_000_000
+
+        def warmed_up() -> bool:
+            nonlocal warm_stamp
+            if depth and disparity and points:
+                return True
+            warm_stamp += 200 * MS
+            publish_frame(warm_stamp, 0)
+            harness.spin(0.2)
+            return False
+
+        assert harness.wait(warmed_up, STARTUP_S), f"no output for paired warm-up frames:\n{node.log()}"
+        paired, unpaired = [], []
+        for frame in range(8):
+            stamp = 10_000_000_000 + frame * 200 * MS
+            right_offset = 2 * MS if frame % 2 == 0 else 20 * MS  # odd frames: right image 20 ms late
+            (paired if frame % 2 == 0 else unpaired).append(stamp)
+            publish_frame(stamp, right_offset)
             harness.spin(0.3)  # slower than the model: no frame is dropped by the inference thread
 
         def stamps(messages):

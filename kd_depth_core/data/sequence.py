@@ -134,6 +134,16 @@ def decode_depth_png(raw: np.ndarray) -> np.ndarray:
     return raw.astype(np.float32) / np.float32(DEPTH_SCALE)
 
 
+def encoded_format(data: bytes | bytearray | memoryview | np.ndarray) -> str | None:
+    """The sequence image format of an encoded image by its signature: 'jpg', 'png' or None."""
+    head = bytes(memoryview(data)[:8])
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    if head == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    return None
+
+
 def _stem(index: int) -> str:
     return f"{index:06d}"
 
@@ -142,7 +152,9 @@ class SequenceWriter:
     """Write one sequence. Use as a context manager; the folder appears only when complete.
 
     ``add_frame`` takes left RGB uint8 (H,W,3); optional right RGB, depth float32 metres (H,W),
-    semantic uint8 (H,W) and pose T_world_camera (4,4). Stamps (ns) must increase.
+    semantic uint8 (H,W) and pose T_world_camera (4,4). Stamps (ns) must increase. Left and right
+    may instead be the bytes of an image already encoded in ``image_format`` (a camera's jpeg or
+    png): they are stored as they are, without decoding (the caller checks their size).
     ``workers`` threads encode images in the background (OpenCV releases the GIL); 0 encodes
     in the caller's thread. Encoding errors surface at the next ``add_frame`` or at ``close``.
     """
@@ -179,6 +191,12 @@ class SequenceWriter:
     def __len__(self) -> int:
         return len(self._stamps)
 
+    def _camera_image(self, name: str, image) -> np.ndarray | bytes:
+        """A left/right image: an RGB array (checked) or encoded bytes (format checked)."""
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return self._check_encoded(name, image)
+        return self._check_image(name, image, 3, np.uint8)
+
     def _check_image(self, name: str, image: np.ndarray | None, channels: int | None, dtype: type) -> np.ndarray:
         if image is None:
             raise ValueError(f"{name}: this sequence was opened with {name} enabled; every frame needs one")
@@ -197,13 +215,27 @@ class SequenceWriter:
         if not cv2.imwrite(str(path), image, params):
             raise OSError(f"could not write {path}")
 
-    def _write_image(self, sub: str, index: int, image: np.ndarray, ext: str) -> None:
+    @staticmethod
+    def _store(path: Path, data: bytes) -> None:
+        with open(path, "wb") as f:
+            f.write(data)
+
+    def _check_encoded(self, name: str, data: bytes | bytearray | memoryview | np.ndarray) -> bytes:
+        found = encoded_format(data)
+        if found != self.image_format:
+            raise ValueError(f"{name}: encoded bytes are {found or 'not a jpeg or png image'}; this sequence stores "
+                             f"{self.image_format} (decode the image and pass the array instead)")
+        return bytes(memoryview(data))
+
+    def _write_image(self, sub: str, index: int, image: np.ndarray | bytes, ext: str) -> None:
         path = self._tmp / sub / f"{_stem(index)}.{ext}"
+        job = (self._store, path, image) if isinstance(image, bytes) else (self._encode, path, image)
         if self._pool is None:
-            self._encode(path, image)
+            job[0](*job[1:])
         else:
             # The caller may reuse its buffer: the pool gets its own copy.
-            self._pending.append(self._pool.submit(self._encode, path, np.array(image, copy=True)))
+            data = image if isinstance(image, bytes) else np.array(image, copy=True)
+            self._pending.append(self._pool.submit(job[0], path, data))
 
     def _drain(self, wait: bool) -> None:
         """Re-raise the first failed background write; with ``wait``, wait for all of them."""
@@ -226,9 +258,9 @@ class SequenceWriter:
             raise ValueError(f"stamp_ns: stamps must increase, got {stamp_ns} after {self._stamps[-1]}")
         self._drain(wait=len(self._pending) > 64)  # bounded memory: at most ~64 frames in flight
         index = len(self._stamps)
-        self._write_image("left", index, self._check_image("left", left, 3, np.uint8), self.image_format)
+        self._write_image("left", index, self._camera_image("left", left), self.image_format)
         if self.has_right:
-            self._write_image("right", index, self._check_image("right", right, 3, np.uint8), self.image_format)
+            self._write_image("right", index, self._camera_image("right", right), self.image_format)
         if self.has_depth:
             if depth is None:
                 raise ValueError("depth: this sequence was opened with depth enabled; every frame needs one")
