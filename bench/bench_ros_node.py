@@ -2,6 +2,7 @@
 30 Hz camera (bounded latency, counted drops) and memory growth over many frames.
 
     python bench/bench_ros_node.py [--frames 300] [--slow-model student_mobilenetv3] [--json out.json]
+        [--rss-frames 5000] [--dds-profile config/fastdds_large_data.xml | '']
 
 The node runs as its own process (``python -m kd_depth_ros.mono_depth_node``, real rclpy, loopback
 discovery on a random domain); this process publishes synthetic frames stamped with the wall clock and
@@ -159,12 +160,22 @@ class Camera:
         self.received = 0
         self.diagnostics: dict[str, str] = {}
         self.node.create_subscription(Image, "/bench/depth", self._on_depth, make_qos("reliable", 5))
+        # What a navigation stack takes besides depth: the node builds optional outputs only for subscribers.
+        from sensor_msgs.msg import PointCloud2
+
+        self.extra_received = {"uncertainty": 0, "points": 0}
+        for topic, kind in (("uncertainty", Image), ("points", PointCloud2)):
+            self.node.create_subscription(kind, f"/bench/{topic}", lambda _msg, t=topic: self._count(t),
+                                          make_qos("reliable", 5))
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, make_qos("reliable", 10))
         rng = np.random.default_rng(0)
         self.image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
         self.info = CameraInfo(width=W, height=H, distortion_model="plumb_bob")
         self.info.k = [FX, 0.0, W / 2, 0.0, FY, H / 2, 0.0, 0.0, 1.0]
         self.info.p = [FX, 0.0, W / 2, 0.0, 0.0, FY, H / 2, 0.0, 0.0, 0.0, 1.0, 0.0]
+
+    def _count(self, topic: str) -> None:
+        self.extra_received[topic] += 1
 
     def _on_depth(self, msg) -> None:
         now = time.time_ns()
@@ -208,6 +219,7 @@ class Camera:
 
     def reset(self) -> None:
         self.latencies, self.received = [], 0
+        self.extra_received = dict.fromkeys(self.extra_received, 0)
 
     def close(self) -> None:
         import rclpy
@@ -239,9 +251,11 @@ def bench_node(model: Path, frames: int, rate_hz: float, camera: Camera, startup
         inference_p50 = float(diag.get("inference p50 (ms)", "nan"))
         return {
             "frames_sent": frames, "rate_hz": rate_hz, "depth_received": camera.received,
+            "uncertainty_received": camera.extra_received["uncertainty"], "points_received": camera.extra_received["points"],
             "output_rate_hz": camera.received / elapsed,
             "e2e_latency_ms": latency, "inference_p50_ms": inference_p50,
             "node_latency_p50_ms": float(diag.get("latency p50 (ms)", "nan")),
+            "node_queue_wait_p50_ms": float(diag.get("queue wait p50 (ms)", "nan")),
             "overhead_p50_ms": latency.get("p50", float("nan")) - inference_p50,
             "frames_dropped": int(diag.get("frames dropped", 0)) - start_dropped,
             "frames_received_by_node": int(diag.get("frames received", 0)) - start_received,
@@ -263,9 +277,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="camera publishes reliable and the node subscribes reliable (default best effort)")
     parser.add_argument("--skip-slow", action="store_true", help="only the overhead run")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--dds-profile", default=str(REPO / "config" / "fastdds_large_data.xml"),
+                        help="FASTRTPS_DEFAULT_PROFILES_FILE of the camera and the node, as the launch files set it; "
+                             "'' = Fast DDS defaults (512 KB shared-memory segment: images go over fragmented UDP)")
+    parser.add_argument("--rss-frames", type=int, default=0,
+                        help="also run this many frames at --rss-rate Hz and report the node's memory growth")
+    parser.add_argument("--rss-rate", type=float, default=30.0)
     args = parser.parse_args(argv)
+    if args.dds_profile:
+        os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = args.dds_profile
+    else:
+        os.environ.pop("FASTRTPS_DEFAULT_PROFILES_FILE", None)
 
-    results: dict[str, object] = {"load_average": os.getloadavg(), "cpus": os.cpu_count()}
+    results: dict[str, object] = {"load_average": os.getloadavg(), "cpus": os.cpu_count(),
+                                  "dds_profile": args.dds_profile or "fast dds defaults"}
     results["cloud_build"] = bench_cloud(30)
     results["message_data"] = bench_message_data(30)
     print(json.dumps({k: results[k] for k in ("cloud_build", "message_data")}, indent=2), flush=True)
@@ -284,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
             if not args.skip_slow:
                 results["slow_model_30hz"] = bench_node(slow, args.frames, 30.0, camera, args.startup_s, reliability)
                 print(json.dumps(results["slow_model_30hz"], indent=2), flush=True)
+            if args.rss_frames:
+                results["memory_run"] = bench_node(fast, args.rss_frames, args.rss_rate, camera, args.startup_s,
+                                                   reliability)
+                print(json.dumps(results["memory_run"], indent=2), flush=True)
         finally:
             camera.close()
     if args.json:

@@ -403,6 +403,7 @@ class DepthNodeBase(LifecycleNode):
 
     # ------------------------------------------------------------------ per frame
     def _process_timed(self, frame: Frame) -> None:
+        self.status.queue_wait.add(time.monotonic() - frame.received)
         published = self.process(frame)
         if published:
             self.status.output_rate.tick()
@@ -433,6 +434,10 @@ class DepthNodeBase(LifecycleNode):
             self.skip_input(topic, exc)
             return None
 
+    def _wanted(self, output: str) -> bool:
+        """Whether an optional output has a subscriber: uncertainty, clouds and previews are built on demand."""
+        return self.pubs[output].get_subscription_count() > 0
+
     def publish_depth(self, header: Header, info: CameraInfo, prediction, rgb: np.ndarray | None
                       ) -> tuple[np.ndarray, CameraInfo]:
         """Publish depth, depth/camera_info, uncertainty, points, colourised depth for one frame.
@@ -455,17 +460,17 @@ class DepthNodeBase(LifecycleNode):
         out_info.header = header
         self.pubs["depth"].publish(conversions.depth_to_image(depth, header, values["depth_encoding"]))
         self.pubs["camera_info"].publish(out_info)
-        if values["publish_uncertainty"] and prediction.uncertainty is not None:
+        if values["publish_uncertainty"] and prediction.uncertainty is not None and self._wanted("uncertainty"):
             std = resize_map(prediction.uncertainty, height, width)
             std = np.where(invalid, np.float32(np.nan), std).astype(np.float32, copy=False)
             self.pubs["uncertainty"].publish(conversions.numpy_to_image(std, "32FC1", header))
-        if values["publish_points"]:
+        if values["publish_points"] and self._wanted("points"):
             if (self._cloud.stride, self._cloud.organized) != (values["points_stride"], values["points_organized"]):
                 self._cloud = conversions.PointCloudBuilder(values["points_stride"], values["points_organized"],
                                                           reuse_buffer=True)
             colors = rgb if values["points_colored"] else None
             self.pubs["points"].publish(self._cloud.build(depth, conversions.camera_matrix(out_info), header, colors))
-        if values["publish_colorized"]:
+        if values["publish_colorized"] and self._wanted("colorized"):
             colors = colorize_depth(depth, values["min_depth"], values["max_depth"])
             self.pubs["colorized"].publish(conversions.numpy_to_image(colors, "rgb8", header))
         return depth, out_info

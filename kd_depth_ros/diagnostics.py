@@ -84,6 +84,7 @@ class DepthNodeStatus:
         self.output_rate = RateMeter()
         self.inference = LatencyWindow()
         self.latency = LatencyWindow()  # receive -> publish, seconds
+        self.queue_wait = LatencyWindow()  # receive -> the inference thread picks the frame up, seconds
         self.device = "unknown"
         self.model = ""
         self.model_loaded = False
@@ -115,6 +116,7 @@ class DepthNodeStatus:
             "inference p50 (ms)": f"{1e3 * self.inference.percentile(50):.1f}",
             "inference p95 (ms)": f"{1e3 * self.inference.percentile(95):.1f}",
             "latency p50 (ms)": f"{1e3 * self.latency.percentile(50):.1f}",
+            "queue wait p50 (ms)": f"{1e3 * self.queue_wait.percentile(50):.1f}",
             "frames received": str(self.input_rate.count),
             "frames published": str(self.output_rate.count),
             "frames dropped": str(self.dropped_frames),

@@ -301,6 +301,7 @@ def test_diagnostics_report_device_rates_and_invalid_messages(mono):
     assert values["device"] == "cpu" and "student_lcnet" in values["model"]
     assert int(values["frames received"]) >= int(values["frames published"])
     assert float(values["inference p50 (ms)"]) > 0 and float(values["latency p50 (ms)"]) > 0
+    assert 0 <= float(values["queue wait p50 (ms)"]) <= float(values["latency p50 (ms)"])
     assert float(values["input rate (Hz)"]) > 0 and "frames dropped" in values and "invalid messages" in values
 
 

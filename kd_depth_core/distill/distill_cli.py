@@ -16,9 +16,9 @@ from kd_depth_core.train import train_cli
 def distillation_tasks() -> list[str]:
     """Names of the registered tasks that live in `kd_depth_core.distill`."""
     import kd_depth_core.distill  # noqa: F401  (registers the distillation tasks)
-    from kd_depth_core.train import tasks
+    from kd_depth_core.train.tasks import list_tasks
 
-    return sorted(name for name, cls in tasks._TASKS.items() if cls.__module__.startswith("kd_depth_core.distill"))
+    return list_tasks(module_prefix="kd_depth_core.distill")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

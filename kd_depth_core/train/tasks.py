@@ -165,10 +165,11 @@ def _import_task_modules(until: str | None = None) -> list[str]:
     return errors
 
 
-def list_tasks() -> list[str]:
-    """Names of all registered tasks."""
+def list_tasks(module_prefix: str = "") -> list[str]:
+    """Names of all registered tasks; with ``module_prefix``, those whose class lives under it
+    (e.g. ``kd_depth_core.distill`` for the distillation methods)."""
     _import_task_modules()
-    return sorted(_TASKS)
+    return sorted(name for name, cls in _TASKS.items() if cls.__module__.startswith(module_prefix))
 
 
 def create_task(name: str, cfg: TrainConfig) -> Task:
