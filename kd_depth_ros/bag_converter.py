@@ -546,6 +546,21 @@ class BagConverter:
                                   f"camera_info says {calib.width}x{calib.height}")
         return data.tobytes(), thumb
 
+    def _frame_images(self, left_msg, right_msg, left_calib: CameraCalibration, right_calib: CameraCalibration | None,
+                      image_format: str, pixels_unchanged: bool, where: str, right_where: str):
+        """(left, right, image for keyframe motion, stored as recorded?): the camera's encoded bytes and a gray
+        thumbnail when every view can be kept as recorded; otherwise decoded RGB frames (the left one for motion)."""
+        plan = self.plan
+        if pixels_unchanged:
+            left_kept = self._stored_as_is(left_msg, plan.left_type, left_calib, image_format, where)
+            right_kept = None if right_calib is None else self._stored_as_is(
+                right_msg, plan.right_type, right_calib, image_format, right_where)
+            if left_kept is not None and (right_calib is None or right_kept is not None):
+                return left_kept[0], None if right_kept is None else right_kept[0], left_kept[1], True
+        left = decode_image(left_msg, plan.left_type, where)
+        right = None if right_calib is None else decode_image(right_msg, plan.right_type, right_where)
+        return left, right, left, False
+
     def _open_writer(self, seg: _Segment, camera: CameraModel, stereo: bool, image_format: str) -> SequenceWriter:
         source = {
             "converter": CONVERTER_ID, "bag": str(self.bag.resolve()), "bag_name": self.prefix,
@@ -587,27 +602,19 @@ class BagConverter:
             output_size(left_calib.width, left_calib.height, opts.width, opts.height)
             == (left_calib.width, left_calib.height))
         try:
-            as_is = [self._stored_as_is(m.item, plan.left_type, left_calib, image_format, where),
-                     None if right_calib is None else
-                     self._stored_as_is(right_msg, plan.right_type, right_calib, image_format, right_where)
-                     ] if pixels_unchanged else [None, None]
-            if as_is[0] is not None and (right_calib is None or as_is[1] is not None):
-                (left, thumb), right = as_is[0], None if right_calib is None else as_is[1][0]
-            else:
-                as_is[0] = None
-                left = thumb = decode_image(m.item, plan.left_type, where)
-                right = None if right_calib is None else decode_image(right_msg, plan.right_type, right_where)
+            left, right, motion_image, as_is = self._frame_images(m.item, right_msg, left_calib, right_calib,
+                                                                  image_format, pixels_unchanged, where, right_where)
         except FrameDecodeError as exc:
             self.dropped["undecodable image data"] += 1
             if len(self.summary.warnings) < 20:  # the first few, for the summary JSON
                 self.summary.warnings.append(str(exc))
             return
-        keep, _ = self.keyframes.accept(thumb)
+        keep, _ = self.keyframes.accept(motion_image)
         if not keep:
             self.dropped[f"static (motion < {opts.min_motion:g} grey levels)"] += 1
             return
         try:
-            if as_is[0] is not None:
+            if as_is:
                 camera = camera_model(left_calib, rectified=opts.rectify != "raw", right=right_calib)
             else:
                 left, right, camera = prepare_frame(left, left_calib, right, right_calib, mode=opts.rectify,

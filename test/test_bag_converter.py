@@ -321,3 +321,21 @@ def test_stored_as_recorded_still_checks_size_against_camera_info(tmp_path):
     with pytest.raises(bag_converter.CameraInfoError, match=f"camera_info says {2 * W}x{2 * H}"):
         convert_bag(bf.write_bag(tmp_path / "cam", msgs, "mcap"), tmp_path / "out")
     assert not (tmp_path / "out" / "cam_000").exists()
+
+
+def test_compressed_stereo_pair_is_stored_as_recorded(tmp_path):
+    left, right = bf.textured_frames(4, W, H, seed=1), bf.textured_frames(4, W, H, seed=2)
+    msgs = []
+    for i in range(4):
+        stamp = T0 + i * DT
+        msgs += [bf.compressed("/stereo/left/image_rect/compressed", left[i], stamp, fmt="jpeg"),
+                 bf.compressed("/stereo/right/image_rect/compressed", right[i], stamp + 1_000_000, fmt="jpeg"),
+                 bf.camera_info("/stereo/left/camera_info", stamp, W, H, K),
+                 bf.camera_info("/stereo/right/camera_info", stamp, W, H, K, P=P_RIGHT)]
+    options = ConvertOptions(image_topic="/stereo/left/image_rect/compressed",
+                             right_topic="/stereo/right/image_rect/compressed")
+    convert_bag(bf.write_bag(tmp_path / "pair", msgs, "mcap"), tmp_path / "out", options)
+    seq = validate_sequence(tmp_path / "out" / "pair_000")
+    assert seq.meta["image_format"] == "jpg" and seq.has_right and seq.camera.baseline == pytest.approx(BASELINE)
+    assert (seq.path / "right" / "000003.jpg").read_bytes() == bytes(msgs[13].fields["data"])
+    assert (seq.path / "left" / "000003.jpg").read_bytes() == bytes(msgs[12].fields["data"])
