@@ -45,14 +45,14 @@ from torch import nn
 from kd_depth_core import geometry
 from kd_depth_core.config import ConfigError, TrainConfig
 from kd_depth_core.distill.adapters import FeatureAdapters
-from kd_depth_core.distill.kd_ms_dpt import StudentOptions, build_student
+from kd_depth_core.distill.kd_ms_dpt import (
+    StudentOptions,
+    build_student,
+    student_photometric_loss,
+    student_uncertainty_nll,
+)
 from kd_depth_core.losses import (
     DEFAULT_SCALE_WEIGHTS,
-    ensemble_residual,
-    gaussian_nll,
-    laplacian_nll,
-    multiscale_reprojection_loss,
-    multiscale_smoothness,
 )
 from kd_depth_core.losses.adu import (
     attention_feature_loss,
@@ -321,19 +321,12 @@ class ADUDepthTask(Task):
                 parts.update(feature=feature.detach(), **{f"feature_r{s}": value.detach() for (s, _), value
                                                           in zip(self.adapters.pairs, per_pair)})
             if self._photometric:
-                photometric = self._photometric[0]
-                sources, poses = photometric.source_poses(batch)
-                reprojection = multiscale_reprojection_loss(
-                    disps, batch["image"].float(), sources, batch["K"].float(), poses.float(),
-                    min_depth=self.min_depth, max_depth=self.max_depth, alpha=opt.ssim_weight, automask=opt.automask)
-                smoothness = multiscale_smoothness(disps, batch["image"].float(), opt.smoothness_weight)
-                loss = loss + opt.photometric_weight * (reprojection.loss + smoothness)
-                parts.update(photometric=reprojection.loss.detach(), smoothness=smoothness.detach())
+                photometric, photometric_parts = student_photometric_loss(self, opt, batch, disps)
+                loss = loss + photometric
+                parts.update(photometric_parts)
             if self.has_uncertainty:
-                student_depth = geometry.disp_to_depth(disps[0].detach(), self.min_depth, self.max_depth)[1]
-                residual = ensemble_residual(student_depth, teacher_depth, teacher_sigma)
-                nll_fn = laplacian_nll if opt.uncertainty_loss == "laplacian" else gaussian_nll
-                nll = nll_fn(residual, out["log_sigma"].float(), weight=valid)
+                nll = student_uncertainty_nll(self, opt, disps[0], out["log_sigma"], teacher_depth, teacher_sigma,
+                                              weight=valid)
                 loss = loss + opt.uncertainty_weight * nll
                 parts["uncertainty_nll"] = nll.detach()
         return {"loss": loss, **parts}

@@ -135,6 +135,32 @@ def build_student(task: Task, cfg: TrainConfig, opt: StudentOptions, where: str,
     task.deploy_has_uncertainty = task.has_uncertainty
 
 
+def student_photometric_loss(task: Task, opt: StudentOptions, batch: dict[str, Any], disps: list[torch.Tensor]
+                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The student's own Monodepth2 term through the pose net :func:`build_student` set up:
+    (``photometric_weight`` x (reprojection + smoothness), logged parts). Call only when ``task._photometric``."""
+    photometric = task._photometric[0]
+    sources, poses = photometric.source_poses(batch)
+    image = batch["image"].float()
+    reprojection = multiscale_reprojection_loss(
+        disps, image, sources, batch["K"].float(), poses.float(),
+        min_depth=task.min_depth, max_depth=task.max_depth, alpha=opt.ssim_weight, automask=opt.automask)
+    smoothness = multiscale_smoothness(disps, image, opt.smoothness_weight)
+    return (opt.photometric_weight * (reprojection.loss + smoothness),
+            {"photometric": reprojection.loss.detach(), "smoothness": smoothness.detach()})
+
+
+def student_uncertainty_nll(task: Task, opt: StudentOptions, disp: torch.Tensor, log_sigma: torch.Tensor,
+                            teacher_depth: torch.Tensor, teacher_std: torch.Tensor,
+                            weight: torch.Tensor) -> torch.Tensor:
+    """NLL training the student's ``log_sigma`` (B,1,H,W) on its error against the teacher, widened by the
+    teacher's own spread (``ensemble_residual``); ``disp`` is the student's full-resolution sigmoid disparity."""
+    student_depth = geometry.disp_to_depth(disp.detach(), task.min_depth, task.max_depth)[1]
+    residual = ensemble_residual(student_depth, teacher_depth, teacher_std)
+    nll_fn = laplacian_nll if opt.uncertainty_loss == "laplacian" else gaussian_nll
+    return nll_fn(residual, log_sigma.float(), weight=weight)
+
+
 @register_task("kd_ms_dpt")
 class KDMSDPTTask(Task):
     """Student distilled from an MC-dropout MS-DPT teacher (see the module docstring)."""
@@ -288,19 +314,12 @@ class KDMSDPTTask(Task):
                      "teacher_rel_std": (teacher_std / teacher_depth.clamp_min(1e-6)).mean(),
                      "cache_hit_rate": torch.tensor(hit_rate)}
             if self._photometric:
-                photometric = self._photometric[0]
-                sources, poses = photometric.source_poses(batch)
-                reprojection = multiscale_reprojection_loss(
-                    disps, batch["image"].float(), sources, batch["K"].float(), poses.float(),
-                    min_depth=self.min_depth, max_depth=self.max_depth, alpha=opt.ssim_weight, automask=opt.automask)
-                smoothness = multiscale_smoothness(disps, batch["image"].float(), opt.smoothness_weight)
-                loss = loss + opt.photometric_weight * (reprojection.loss + smoothness)
-                parts.update(photometric=reprojection.loss.detach(), smoothness=smoothness.detach())
+                photometric, photometric_parts = student_photometric_loss(self, opt, batch, disps)
+                loss = loss + photometric
+                parts.update(photometric_parts)
             if self.has_uncertainty:
-                student_depth = geometry.disp_to_depth(disps[0].detach(), self.min_depth, self.max_depth)[1]
-                residual = ensemble_residual(student_depth, teacher_depth, teacher_std)
-                nll_fn = laplacian_nll if opt.uncertainty_loss == "laplacian" else gaussian_nll
-                nll = nll_fn(residual, out["log_sigma"].float(), weight=(teacher_depth > opt.target_min_depth))
+                nll = student_uncertainty_nll(self, opt, disps[0], out["log_sigma"], teacher_depth, teacher_std,
+                                              weight=(teacher_depth > opt.target_min_depth))
                 loss = loss + opt.uncertainty_weight * nll
                 parts["uncertainty_nll"] = nll.detach()
         return {"loss": loss, **parts}
