@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--teacher", type=Path, default=None, help="use this released teacher instead of training one")
     parser.add_argument("--teacher-backbone", default="vit_small_patch16_224")
+    parser.add_argument("--teacher-patch", type=int, default=0,
+                        help="override the ViT's patch size (e.g. 8: a 16x12 token grid at 128x96); 0 = the backbone's")
     parser.add_argument("--student", default="student_mobilenetv3")
     parser.add_argument("--teacher-steps", type=int, default=60)
     parser.add_argument("--student-steps", type=int, default=60)
@@ -133,6 +135,8 @@ def main() -> None:
         cfg = common(args, root, args.teacher_steps, args.out / "teacher", stereo=True)
         cfg["model"] = {"name": "ms_dpt_teacher", "kwargs": {"backbone": args.teacher_backbone,
                                                              "img_size": [height, width], "dropout": 0.1}}
+        if args.teacher_patch:
+            cfg["model"]["kwargs"]["patch_size"] = args.teacher_patch
         # min_depth 0.5 m: an untrained stereo net then starts at ~9 px disparity at 128 px width, not 45
         cfg["task"] = {"name": "self_supervised", "kwargs": {"mode": "mono_stereo", "min_depth": 0.5,
                                                              "max_depth": 10.0}}
