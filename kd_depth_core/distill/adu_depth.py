@@ -45,12 +45,7 @@ from torch import nn
 from kd_depth_core import geometry
 from kd_depth_core.config import ConfigError, TrainConfig
 from kd_depth_core.distill.adapters import FeatureAdapters
-from kd_depth_core.distill.kd_ms_dpt import (
-    StudentOptions,
-    build_student,
-    student_photometric_loss,
-    student_uncertainty_nll,
-)
+from kd_depth_core.distill.kd_ms_dpt import StudentOptions, build_student, student_own_terms
 from kd_depth_core.losses import (
     DEFAULT_SCALE_WEIGHTS,
 )
@@ -320,15 +315,10 @@ class ADUDepthTask(Task):
                 loss = loss + opt.feature_weight * feature
                 parts.update(feature=feature.detach(), **{f"feature_r{s}": value.detach() for (s, _), value
                                                           in zip(self.adapters.pairs, per_pair)})
-            if self._photometric:
-                photometric, photometric_parts = student_photometric_loss(self, opt, batch, disps)
-                loss = loss + photometric
-                parts.update(photometric_parts)
-            if self.has_uncertainty:
-                nll = student_uncertainty_nll(self, opt, disps[0], out["log_sigma"], teacher_depth, teacher_sigma,
-                                              weight=valid)
-                loss = loss + opt.uncertainty_weight * nll
-                parts["uncertainty_nll"] = nll.detach()
+            own, own_parts = student_own_terms(self, opt, batch, disps, out.get("log_sigma"), teacher_depth,
+                                               teacher_sigma, uncertainty_weight=valid)
+            loss = loss + own
+            parts.update(own_parts)
         return {"loss": loss, **parts}
 
     @torch.no_grad()

@@ -135,30 +135,36 @@ def build_student(task: Task, cfg: TrainConfig, opt: StudentOptions, where: str,
     task.deploy_has_uncertainty = task.has_uncertainty
 
 
-def student_photometric_loss(task: Task, opt: StudentOptions, batch: dict[str, Any], disps: list[torch.Tensor]
-                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The student's own Monodepth2 term through the pose net :func:`build_student` set up:
-    (``photometric_weight`` x (reprojection + smoothness), logged parts). Call only when ``task._photometric``."""
-    photometric = task._photometric[0]
-    sources, poses = photometric.source_poses(batch)
-    image = batch["image"].float()
-    reprojection = multiscale_reprojection_loss(
-        disps, image, sources, batch["K"].float(), poses.float(),
-        min_depth=task.min_depth, max_depth=task.max_depth, alpha=opt.ssim_weight, automask=opt.automask)
-    smoothness = multiscale_smoothness(disps, image, opt.smoothness_weight)
-    return (opt.photometric_weight * (reprojection.loss + smoothness),
-            {"photometric": reprojection.loss.detach(), "smoothness": smoothness.detach()})
+def student_own_terms(task: Task, opt: StudentOptions, batch: dict[str, Any], disps: list[torch.Tensor],
+                      log_sigma: torch.Tensor | None, teacher_depth: torch.Tensor, teacher_std: torch.Tensor,
+                      uncertainty_weight: torch.Tensor) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
+    """The student's terms every distillation task adds to its own: (weighted loss, logged parts).
 
-
-def student_uncertainty_nll(task: Task, opt: StudentOptions, disp: torch.Tensor, log_sigma: torch.Tensor,
-                            teacher_depth: torch.Tensor, teacher_std: torch.Tensor,
-                            weight: torch.Tensor) -> torch.Tensor:
-    """NLL training the student's ``log_sigma`` (B,1,H,W) on its error against the teacher, widened by the
-    teacher's own spread (``ensemble_residual``); ``disp`` is the student's full-resolution sigmoid disparity."""
-    student_depth = geometry.disp_to_depth(disp.detach(), task.min_depth, task.max_depth)[1]
-    residual = ensemble_residual(student_depth, teacher_depth, teacher_std)
-    nll_fn = laplacian_nll if opt.uncertainty_loss == "laplacian" else gaussian_nll
-    return nll_fn(residual, log_sigma.float(), weight=weight)
+    - photometric (when :func:`build_student` made a pose net): ``photometric_weight`` x (Monodepth2
+      reprojection + smoothness) of the student's sigmoid disparities ``disps``;
+    - uncertainty (when the student has a ``log_sigma`` head): ``uncertainty_weight`` x NLL of its error
+      against the teacher depth, widened by the teacher's spread ``teacher_std`` (``ensemble_residual``),
+      over pixels weighted by ``uncertainty_weight`` (B,1,H,W).
+    """
+    loss: torch.Tensor | float = 0.0
+    parts: dict[str, torch.Tensor] = {}
+    if task._photometric:
+        sources, poses = task._photometric[0].source_poses(batch)
+        image = batch["image"].float()
+        reprojection = multiscale_reprojection_loss(
+            disps, image, sources, batch["K"].float(), poses.float(),
+            min_depth=task.min_depth, max_depth=task.max_depth, alpha=opt.ssim_weight, automask=opt.automask)
+        smoothness = multiscale_smoothness(disps, image, opt.smoothness_weight)
+        loss = loss + opt.photometric_weight * (reprojection.loss + smoothness)
+        parts.update(photometric=reprojection.loss.detach(), smoothness=smoothness.detach())
+    if task.has_uncertainty:
+        student_depth = geometry.disp_to_depth(disps[0].detach(), task.min_depth, task.max_depth)[1]
+        residual = ensemble_residual(student_depth, teacher_depth, teacher_std)
+        nll_fn = laplacian_nll if opt.uncertainty_loss == "laplacian" else gaussian_nll
+        nll = nll_fn(residual, log_sigma.float(), weight=uncertainty_weight)
+        loss = loss + opt.uncertainty_weight * nll
+        parts["uncertainty_nll"] = nll.detach()
+    return loss, parts
 
 
 @register_task("kd_ms_dpt")
@@ -313,15 +319,10 @@ class KDMSDPTTask(Task):
                      "confidence_mean": weight.mean(),
                      "teacher_rel_std": (teacher_std / teacher_depth.clamp_min(1e-6)).mean(),
                      "cache_hit_rate": torch.tensor(hit_rate)}
-            if self._photometric:
-                photometric, photometric_parts = student_photometric_loss(self, opt, batch, disps)
-                loss = loss + photometric
-                parts.update(photometric_parts)
-            if self.has_uncertainty:
-                nll = student_uncertainty_nll(self, opt, disps[0], out["log_sigma"], teacher_depth, teacher_std,
-                                              weight=(teacher_depth > opt.target_min_depth))
-                loss = loss + opt.uncertainty_weight * nll
-                parts["uncertainty_nll"] = nll.detach()
+            own, own_parts = student_own_terms(self, opt, batch, disps, out.get("log_sigma"), teacher_depth,
+                                               teacher_std, uncertainty_weight=(teacher_depth > opt.target_min_depth))
+            loss = loss + own
+            parts.update(own_parts)
         return {"loss": loss, **parts}
 
     @torch.no_grad()
@@ -335,7 +336,7 @@ class KDMSDPTTask(Task):
         """First sample: image, student depth, teacher depth and spread (same colour range), student sigma."""
         from kd_depth_core.utils.colorize import colorize_depth, colorize_uncertainty
 
-        first = {key: (value[:1] if isinstance(value, torch.Tensor) else value[:1]) for key, value in batch.items()}
+        first = {key: value[:1] for key, value in batch.items()}
         out = self.student(first["image"])
         student = geometry.disp_to_depth(out["disp"][0][0, 0].float(), self.min_depth, self.max_depth)[1]
         teacher_depth, teacher_std, _ = self.pseudo_labels(first)
