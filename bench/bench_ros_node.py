@@ -2,19 +2,22 @@
 30 Hz camera (bounded latency, counted drops) and memory growth over many frames.
 
     python bench/bench_ros_node.py [--frames 300] [--slow-model student_mobilenetv3] [--json out.json]
-        [--rss-frames 5000] [--dds-profile config/fastdds_large_data.xml | '']
+        [--rss-frames 5000] [--relay] [--dds-profile config/fastdds_large_data.xml | '']
 
 The node runs as its own process (``python -m kd_depth_ros.mono_depth_node``, real rclpy, loopback
 discovery on a random domain); this process publishes synthetic frames stamped with the wall clock and
 times the depth messages coming back. Numbers (milliseconds unless said otherwise):
 
-- ``overhead``: end-to-end latency (stamp -> depth received) minus the node's inference time, p50,
+- ``overhead``: end-to-end latency (stamp -> serialised depth received; the stamp is set just before
+  the camera publishes) minus the node's inference time, p50,
   at a camera rate the model keeps up with (no drops), with depth + camera_info + uncertainty +
   organised coloured cloud (stride 4) published;
 - ``cloud``: building the PointCloud2 in this process (organised, coloured; stride 1 and 4);
 - ``slow``: a bigger student behind a 30 Hz camera: end-to-end latency p50/p95/max, output rate and
   frames dropped (newest frame wins, so the latency stays near one inference time);
-- ``rss``: the node's resident memory after warm-up and after all frames (growth in MB).
+- ``rss``: the node's resident memory after warm-up and after all frames (growth in MB);
+- ``relay_floor`` (``--relay``): the same camera and subscriber around bench/ros_relay.py, which
+  republishes each image unchanged: what rclpy and the DDS cost with no model and no work.
 """
 from __future__ import annotations
 
@@ -58,6 +61,14 @@ def percentiles(values_s: list[float]) -> dict[str, float]:
         return {"n": 0}
     return {"n": int(values.size), "p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)),
             "max": float(values.max())}
+
+
+def cdr_header_stamp_ns(serialized: bytes) -> int:
+    """The header stamp of a serialised message that starts with ``std_msgs/Header`` (CDR: 4-byte
+    encapsulation, then int32 sec and uint32 nanosec in the encapsulation's byte order)."""
+    order = "little" if serialized[1] & 1 else "big"
+    sec = int.from_bytes(serialized[4:8], order, signed=True)
+    return sec * 1_000_000_000 + int.from_bytes(serialized[8:12], order)
 
 
 # --------------------------------------------------------------------------- in-process: cloud and message data
@@ -114,13 +125,14 @@ def bench_message_data(repeats: int) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- the node process
 class Node:
-    def __init__(self, params: dict[str, object]):
-        command = [sys.executable, "-m", "kd_depth_ros.mono_depth_node", "--ros-args",
-                   "--params-file", str(REPO / "config" / "mono_depth.yaml"),
-                   "-r", "image:=/bench/image", "-r", "camera_info:=/bench/camera_info", "-r", "__ns:=/bench"]
-        for key, value in params.items():
-            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-            command += ["-p", f"{key}:={text}"]
+    def __init__(self, params: dict[str, object], command: list[str] | None = None):
+        if command is None:
+            command = [sys.executable, "-m", "kd_depth_ros.mono_depth_node", "--ros-args",
+                       "--params-file", str(REPO / "config" / "mono_depth.yaml"),
+                       "-r", "image:=/bench/image", "-r", "camera_info:=/bench/camera_info", "-r", "__ns:=/bench"]
+            for key, value in params.items():
+                text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+                command += ["-p", f"{key}:={text}"]
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
@@ -157,9 +169,12 @@ class Camera:
         self.image_pub = self.node.create_publisher(Image, "/bench/image", make_qos(reliability, 5))
         self.info_pub = self.node.create_publisher(CameraInfo, "/bench/camera_info", make_qos(reliability, 5))
         self.latencies: list[float] = []
+        self.decoded_latencies: list[float] = []
         self.received = 0
         self.diagnostics: dict[str, str] = {}
-        self.node.create_subscription(Image, "/bench/depth", self._on_depth, make_qos("reliable", 5))
+        # Depth is taken serialised: its arrival time is not the Python decoding of 1.2 MB in this process
+        # (a C++ consumer such as nav2 never pays that); the decoded time is recorded alongside.
+        self.node.create_subscription(Image, "/bench/depth", self._on_depth, make_qos("reliable", 5), raw=True)
         # What a navigation stack takes besides depth: the node builds optional outputs only for subscribers.
         from sensor_msgs.msg import PointCloud2
 
@@ -177,10 +192,18 @@ class Camera:
     def _count(self, topic: str) -> None:
         self.extra_received[topic] += 1
 
-    def _on_depth(self, msg) -> None:
+    def _on_depth(self, serialized: bytes) -> None:
+        from rclpy.serialization import deserialize_message
+        from sensor_msgs.msg import Image
+
         now = time.time_ns()
         self.received += 1
-        self.latencies.append((now - self.conversions.header_stamp_ns(msg.header)) / 1e9)
+        stamp = cdr_header_stamp_ns(serialized)
+        self.latencies.append((now - stamp) / 1e9)
+        msg = deserialize_message(serialized, Image)
+        self.decoded_latencies.append((time.time_ns() - stamp) / 1e9)
+        if self.conversions.header_stamp_ns(msg.header) != stamp:
+            raise RuntimeError("the serialised depth header was read wrongly")
 
     def _on_diagnostics(self, msg) -> None:
         if msg.status and "mono_depth_node" in msg.status[0].name:
@@ -207,18 +230,19 @@ class Camera:
         period = 1.0 / rate_hz
         next_time = time.monotonic()
         for _ in range(frames):
+            image = self.conversions.numpy_to_image(self.image, "rgb8")  # the driver's work, before the stamp
             header = Header(frame_id="bench_optical")
             stamp = time.time_ns()
             header.stamp.sec, header.stamp.nanosec = divmod(stamp, 1_000_000_000)
-            self.info.header = header
+            self.info.header = image.header = header
             self.info_pub.publish(self.info)
-            self.image_pub.publish(self.conversions.numpy_to_image(self.image, "rgb8", header))
+            self.image_pub.publish(image)
             next_time += period
             self.spin(max(0.0, next_time - time.monotonic()))
         self.spin(2.0)
 
     def reset(self) -> None:
-        self.latencies, self.received = [], 0
+        self.latencies, self.decoded_latencies, self.received = [], [], 0
         self.extra_received = dict.fromkeys(self.extra_received, 0)
 
     def close(self) -> None:
@@ -253,7 +277,8 @@ def bench_node(model: Path, frames: int, rate_hz: float, camera: Camera, startup
             "frames_sent": frames, "rate_hz": rate_hz, "depth_received": camera.received,
             "uncertainty_received": camera.extra_received["uncertainty"], "points_received": camera.extra_received["points"],
             "output_rate_hz": camera.received / elapsed,
-            "e2e_latency_ms": latency, "inference_p50_ms": inference_p50,
+            "e2e_latency_ms": latency, "e2e_decoded_latency_ms": percentiles(camera.decoded_latencies),
+            "inference_p50_ms": inference_p50,
             "node_latency_p50_ms": float(diag.get("latency p50 (ms)", "nan")),
             "node_queue_wait_p50_ms": float(diag.get("queue wait p50 (ms)", "nan")),
             "overhead_p50_ms": latency.get("p50", float("nan")) - inference_p50,
@@ -264,6 +289,23 @@ def bench_node(model: Path, frames: int, rate_hz: float, camera: Camera, startup
         }
     finally:
         node.stop()
+
+
+def bench_relay(frames: int, rate_hz: float, camera: Camera, startup_s: float) -> dict:
+    """The transport floor: bench/ros_relay.py republishes each image unchanged (no model, no work)."""
+    relay = Node({}, command=[sys.executable, str(REPO / "bench" / "ros_relay.py")])
+    try:
+        if not camera.wait_ready(startup_s):
+            raise RuntimeError("relay did not start:\n" + Path(relay.log.name).read_text())
+        camera.reset()
+        camera.run(min(20, frames), rate_hz)
+        camera.reset()
+        camera.run(frames, rate_hz)
+        return {"frames_sent": frames, "rate_hz": rate_hz, "received": camera.received,
+                "e2e_latency_ms": percentiles(camera.latencies),
+                "e2e_decoded_latency_ms": percentiles(camera.decoded_latencies)}
+    finally:
+        relay.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-frames", type=int, default=0,
                         help="also run this many frames at --rss-rate Hz and report the node's memory growth")
     parser.add_argument("--rss-rate", type=float, default=30.0)
+    parser.add_argument("--relay", action="store_true",
+                        help="also time bench/ros_relay.py (image in, the same image out, no work): the floor "
+                             "that rclpy and the DDS set for any node at this image size and rate")
     args = parser.parse_args(argv)
     if args.dds_profile:
         os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = args.dds_profile
@@ -306,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
             results["overhead_run"] = bench_node(fast, args.frames, args.fast_rate, camera, args.startup_s,
                                                  reliability)
             print(json.dumps(results["overhead_run"], indent=2), flush=True)
+            if args.relay:
+                results["relay_floor"] = bench_relay(args.frames, args.fast_rate, camera, args.startup_s)
+                print(json.dumps(results["relay_floor"], indent=2), flush=True)
             if not args.skip_slow:
                 results["slow_model_30hz"] = bench_node(slow, args.frames, 30.0, camera, args.startup_s, reliability)
                 print(json.dumps(results["slow_model_30hz"], indent=2), flush=True)

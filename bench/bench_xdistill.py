@@ -165,6 +165,8 @@ def main() -> int:
                              "disparity far beyond the image (the nearest ground here is ~5 m)")
     parser.add_argument("--max-depth", type=float, default=100.0)
     parser.add_argument("--lambda", dest="weight", type=float, default=0.02, help="cross_task_weight of xdistill")
+    parser.add_argument("--translator-scales", type=int, default=4,
+                        help="disparity scales the translator sees (1 = full resolution only: local evidence)")
     parser.add_argument("--student-backbone", default="lcnet_050")
     parser.add_argument("--teacher-backbone", default="resnet18")
     parser.add_argument("--radius", type=int, default=3, help="boundary band half-width in pixels")
@@ -216,9 +218,11 @@ def main() -> int:
     plain_cfg = base_config(args, root, out, "self_supervised")
     plain_cfg["task"] = {"name": "self_supervised", "kwargs": photometric}
     plain_path, plain_step_s = train(plain_cfg, "self_supervised")
-    xd_cfg = base_config(args, root, out, f"xdistill_lambda{args.weight:g}")
+    suffix = "" if args.translator_scales == 4 else f"_scales{args.translator_scales}"
+    xd_cfg = base_config(args, root, out, f"xdistill_lambda{args.weight:g}{suffix}")
     xd_cfg["task"] = {"name": "xdistill", "kwargs": {**photometric, "teacher_path": str(teacher_path),
-                                                      "grouping": "synthetic", "cross_task_weight": args.weight}}
+                                                      "grouping": "synthetic", "cross_task_weight": args.weight,
+                                                      "translator_scales": args.translator_scales}}
     xd_path, xd_step_s = train(xd_cfg, f"xdistill (lambda {args.weight:g})")
 
     test = SequenceDataset(root, "test", offsets=(), size=args.size, load_depth=True, load_semantic=True)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
@@ -117,6 +118,27 @@ class LatestFrameWorker:
                     self._busy = False
                     self.processed += 1
                     self._cond.notify_all()
+
+
+# --------------------------------------------------------------------------- output masking
+class RangeMask:
+    """NaN outside [min_depth, max_depth], in place, with reused OpenCV masks (no per-frame allocation)."""
+
+    def __init__(self):
+        self._invalid: np.ndarray | None = None
+        self._nan: np.ndarray | None = None
+
+    def invalid(self, depth: np.ndarray, min_depth: float, max_depth: float) -> np.ndarray:
+        """uint8 (H, W) mask, nonzero where ``depth`` is outside [min_depth, max_depth] or NaN."""
+        if self._invalid is None or self._invalid.shape != depth.shape:
+            self._invalid = np.empty(depth.shape, np.uint8)
+            self._nan = np.full(depth.shape, np.nan, np.float32)
+        cv2.inRange(depth, min_depth, max_depth, dst=self._invalid)
+        return cv2.bitwise_not(self._invalid, dst=self._invalid)
+
+    def set_nan(self, values: np.ndarray, invalid: np.ndarray) -> None:
+        """``values[invalid] = NaN`` for a float32 (H, W) map of the mask's size."""
+        cv2.copyTo(self._nan, invalid, dst=values)
 
 
 # --------------------------------------------------------------------------- parameters
@@ -250,6 +272,9 @@ class DepthNodeBase(LifecycleNode):
         self.subs: list[Any] = []
         self._cloud = conversions.PointCloudBuilder(self.values["points_stride"], self.values["points_organized"],
                                                       reuse_buffer=True)
+        self._depth_out = conversions.ImageBuffer("32FC1")
+        self._uncertainty_out = conversions.ImageBuffer("32FC1")
+        self._range_mask = RangeMask()
         self._last_log: dict[str, float] = {}
         self._active_since: float | None = None
         self._warned_frame_id = False
@@ -444,7 +469,8 @@ class DepthNodeBase(LifecycleNode):
 
         ``info`` describes the input image; the outputs use ``output_width``x``output_height``
         (0 = the input size), with camera_info scaled to it. Returns (depth (h, w) metres with
-        NaN outside [min_depth, max_depth], the scaled camera_info).
+        NaN outside [min_depth, max_depth], the scaled camera_info); the depth array is the reused
+        output buffer, valid until the next frame.
         """
         values = self.values
         if header.frame_id == "" and not self._warned_frame_id:
@@ -453,17 +479,21 @@ class DepthNodeBase(LifecycleNode):
                                       "tf cannot place them; set the camera's optical frame id")
         width = values["output_width"] or info.width
         height = values["output_height"] or info.height
-        depth = resize_map(prediction.depth, height, width)
-        invalid = ~((depth >= values["min_depth"]) & (depth <= values["max_depth"]))
-        depth = np.where(invalid, np.float32(np.nan), depth).astype(np.float32, copy=False)
+        # Depth goes out first and without a copy: resized into the reused message buffer, masked in place.
+        depth = resize_map(prediction.depth, height, width, out=self._depth_out.view(height, width))
+        invalid = self._range_mask.invalid(depth, values["min_depth"], values["max_depth"])
+        self._range_mask.set_nan(depth, invalid)
+        if values["depth_encoding"] == "32FC1":
+            self.pubs["depth"].publish(self._depth_out.message(header))
+        else:
+            self.pubs["depth"].publish(conversions.depth_to_image(depth, header, values["depth_encoding"]))
         out_info = conversions.scale_camera_info(info, width, height)
         out_info.header = header
-        self.pubs["depth"].publish(conversions.depth_to_image(depth, header, values["depth_encoding"]))
         self.pubs["camera_info"].publish(out_info)
         if values["publish_uncertainty"] and prediction.uncertainty is not None and self._wanted("uncertainty"):
-            std = resize_map(prediction.uncertainty, height, width)
-            std = np.where(invalid, np.float32(np.nan), std).astype(np.float32, copy=False)
-            self.pubs["uncertainty"].publish(conversions.numpy_to_image(std, "32FC1", header))
+            std = resize_map(prediction.uncertainty, height, width, out=self._uncertainty_out.view(height, width))
+            self._range_mask.set_nan(std, invalid)
+            self.pubs["uncertainty"].publish(self._uncertainty_out.message(header))
         if values["publish_points"] and self._wanted("points"):
             if (self._cloud.stride, self._cloud.organized) != (values["points_stride"], values["points_organized"]):
                 self._cloud = conversions.PointCloudBuilder(values["points_stride"], values["points_organized"],

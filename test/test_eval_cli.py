@@ -33,20 +33,24 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def _write_zero_model(path, min_depth: float = 1.0, max_depth: float = 3.0):
+def _write_zero_model(path, min_depth: float = 1.0, max_depth: float = 3.0, stereo: bool = False):
     """A tiny released metric model with all-zero weights: depth = 1/(1/3 + (1 - 1/3)/2) = 1.5 m, σ = 1 m."""
     import torch
 
     from kd_depth_core.models import create_model
     from kd_depth_core.models.io import ModelMetadata, save_model
 
-    model = create_model("student_lcnet", backbone="lcnet_050", decoder_channels=(8, 8, 8, 8), uncertainty=True)
+    if stereo:
+        model = create_model("stereo_teacher", backbone="lcnet_050", max_disparity=16, match_channels=8,
+                             decoder_channels=(8, 8, 8, 8, 8))
+    else:
+        model = create_model("student_lcnet", backbone="lcnet_050", decoder_channels=(8, 8, 8, 8), uncertainty=True)
     with torch.no_grad():
         for tensor in list(model.parameters()) + list(model.buffers()):
             if tensor.is_floating_point():
                 tensor.zero_()
     meta = ModelMetadata.from_model(model, input_height=64, input_width=96, min_depth=min_depth, max_depth=max_depth,
-                                    scale_kind="metric", focal_length_px=None, has_uncertainty=True, stereo=False)
+                                    scale_kind="metric", focal_length_px=None, has_uncertainty=True, stereo=stereo)
     return save_model(path, model, meta)
 
 
@@ -78,3 +82,21 @@ def test_evaluate_and_compare_commands_with_a_real_released_model(tmp_path, caps
     assert [r["label"] for r in compared] == ["a", "b"]
     assert compared[0]["mean"]["abs_rel"] == pytest.approx(0.0, abs=1e-6)  # forced median scaling
     assert _is_png(tmp_path / "cmp" / "compare.png")
+
+
+def test_evaluate_a_stereo_model_on_sequences_with_right_images(tmp_path, capsys, one_torch_thread):
+    camera = CameraModel(96, 64, np.array([[40.0, 0, 48], [0, 40.0, 32], [0, 0, 1]]), baseline=0.1)
+    with SequenceWriter(tmp_path / "data" / "seq", camera, has_depth=True, has_right=True) as writer:
+        for i in range(2):
+            image = np.full((64, 96, 3), 60, np.uint8)
+            writer.add_frame(i + 1, image, image, depth=np.full((64, 96), 3.0, np.float32))
+    write_splits(tmp_path / "data", {"test": ["seq"]})
+    model = _write_zero_model(tmp_path / "stereo.safetensors", stereo=True)
+    args = _parse(evaluate_cli, ["--model", str(model), "--data", str(tmp_path / "data"), "--protocol", "sequence",
+                                 "--device", "cpu", "--no-progress", "--out", str(tmp_path / "out")])
+    assert evaluate_cli.run(args) == 0
+    assert read_json(tmp_path / "out" / "results.json")["mean"]["abs_rel"] == pytest.approx(0.5, rel=1e-4)  # 1.5 vs 3
+
+    predict_fn, _ = evaluate_cli.load_predict_fn(model, args)
+    with pytest.raises(ValueError, match="is a stereo model and these samples have no right image"):
+        predict_fn(np.zeros((64, 96, 3), np.uint8))

@@ -217,12 +217,13 @@ def test_drivingstereo_test_and_weather_layouts(tmp_path):
         open_benchmark("drivingstereo", tmp_path, split="rainy")
 
 
-def _write_sequence(root: Path, name: str, frames: int, has_depth: bool = True) -> None:
-    camera = CameraModel(8, 6, np.array([[5.0, 0, 4], [0, 5.0, 3], [0, 0, 1]]))
-    with SequenceWriter(root / name, camera, has_depth=has_depth) as writer:
+def _write_sequence(root: Path, name: str, frames: int, has_depth: bool = True, has_right: bool = False) -> None:
+    camera = CameraModel(8, 6, np.array([[5.0, 0, 4], [0, 5.0, 3], [0, 0, 1]]), baseline=0.1 if has_right else None)
+    with SequenceWriter(root / name, camera, has_depth=has_depth, has_right=has_right) as writer:
         for i in range(frames):
             depth = np.full((6, 8), 1.0 + i, np.float32) if has_depth else None
-            writer.add_frame(1000 + i, np.full((6, 8, 3), 10 * i, np.uint8), depth=depth)
+            right = np.full((6, 8, 3), 10 * i + 1, np.uint8) if has_right else None
+            writer.add_frame(1000 + i, np.full((6, 8, 3), 10 * i, np.uint8), right, depth=depth)
 
 
 def test_sequence_reader_uses_the_split_and_stride(tmp_path):
@@ -239,6 +240,20 @@ def test_sequence_reader_uses_the_split_and_stride(tmp_path):
     write_splits(tmp_path, {"test": ["no_depth"]})
     with pytest.raises(SequenceError, match="has_depth is false"):
         open_benchmark("sequence", tmp_path)
+
+
+def test_sequence_reader_gives_right_images_for_stereo_models(tmp_path):
+    _write_sequence(tmp_path, "stereo", 3, has_right=True)
+    write_splits(tmp_path, {"test": ["stereo"]})
+    assert "right" not in open_benchmark("sequence", tmp_path).load(1).meta  # mono models: not loaded
+    sample = open_benchmark("sequence", tmp_path, right=True).load(1)
+    assert sample.image[0, 0, 0] == 10 and sample.meta["right"].shape == (6, 8, 3) and sample.meta["right"][0, 0, 0] == 11
+    _write_sequence(tmp_path, "mono", 1)
+    write_splits(tmp_path, {"test": ["stereo", "mono"]})
+    with pytest.raises(SequenceError, match=r"mono/meta.yaml: has_right is false; a stereo model needs"):
+        open_benchmark("sequence", tmp_path, right=True)
+    with pytest.raises(ValueError, match="protocol 'nyu': stereo models are evaluated on kd-depth sequences only"):
+        open_benchmark("nyu", tmp_path, right=True)
 
 
 def test_unknown_benchmark_and_missing_root(tmp_path):

@@ -309,3 +309,18 @@ def test_colorize_depth_maps_inverse_depth_range_to_the_colormap_ends():
     np.testing.assert_array_equal(colors[0, 4], lut[0])    # beyond the range: clipped
     bgr = colorize_depth(depth, 1.0, 10.0, invalid_color=(0, 255, 0), bgr=True)
     np.testing.assert_array_equal(bgr, colors[..., ::-1])
+
+
+def test_resize_map_into_a_given_buffer():
+    from kd_depth_core.inference.preprocess import resize_map
+
+    values = np.array([[1.0, 3.0]], dtype=np.float32)
+    out = np.full((1, 4), -1.0, np.float32)
+    assert resize_map(values, 1, 4, out=out) is out
+    np.testing.assert_allclose(out, [[1.0, 1.5, 2.5, 3.0]])  # bilinear, pixel centres (OpenCV)
+    assert resize_map(values, 1, 2, out=out[:, :2].copy()) is not values  # same size: copied into out
+    doubles = values.astype(np.float64)  # OpenCV would allocate for another dtype: still lands in out
+    out[:] = 0
+    assert resize_map(doubles, 1, 4, out=out) is out and out[0, 3] == 3.0
+    with pytest.raises(ValueError, match=r"^out: expected shape \(1, 4\)"):
+        resize_map(values, 1, 4, out=np.zeros((2, 4), np.float32))

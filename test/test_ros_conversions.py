@@ -216,6 +216,26 @@ def test_point_cloud_reused_buffer_matches_fresh_buffer():
     assert conversions.PointCloudBuilder(organized=False, reuse_buffer=True).build(depth, K, Header()).width == 4
 
 
+def test_image_buffer_wraps_the_view_without_a_copy():
+    buffer = conversions.ImageBuffer("32FC1")
+    view = buffer.view(2, 3)
+    view[:] = np.arange(6, dtype=np.float32).reshape(2, 3)
+    header = Header(frame_id="cam")
+    msg = buffer.message(header)
+    assert (msg.height, msg.width, msg.step, msg.encoding, msg.header.frame_id) == (2, 3, 12, "32FC1", "cam")
+    assert bytes(msg.data) == bytes(conversions.numpy_to_image(view.copy(), "32FC1").data)
+    view[0, 0] = 7.0  # the message data is the buffer itself
+    assert conversions.image_to_numpy(msg)[0, 0] == 7.0
+    assert buffer.view(2, 3) is view  # same size: reused
+    assert buffer.view(4, 3).shape == (4, 3) and buffer.message().height == 4
+    rgb = conversions.ImageBuffer("rgb8")
+    assert rgb.view(2, 5).shape == (2, 5, 3) and rgb.message().step == 15
+    with pytest.raises(RuntimeError, match="before view"):
+        conversions.ImageBuffer("mono8").message()
+    with pytest.raises(ValueError, match="^encoding: unsupported 'rgb9'"):
+        conversions.ImageBuffer("rgb9")
+
+
 def test_disparity_message():
     disparity = np.full((4, 5), np.nan, np.float32)
     disparity[1:3, 2:5] = 8.0

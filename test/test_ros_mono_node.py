@@ -19,7 +19,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from kd_depth_ros import conversions
-from kd_depth_ros.depth_worker import COMMON_SPECS, LatestFrameWorker, check_common
+from kd_depth_ros.depth_worker import COMMON_SPECS, LatestFrameWorker, RangeMask, check_common
 from kd_depth_ros.diagnostics import DepthNodeStatus, RateMeter, status_values
 from kd_depth_ros.params import ParameterError, ParamSpec, coerce
 
@@ -105,6 +105,19 @@ def test_worker_keeps_only_the_newest_frame_and_counts_drops():
 
 
 # --------------------------------------------------------------------------- unit: diagnostics
+def test_range_mask_sets_nan_outside_the_inclusive_range_in_place():
+    depth = np.array([[0.05, 0.1, 5.0], [100.0, 100.5, np.nan]], dtype=np.float32)
+    std = np.ones_like(depth)
+    mask = RangeMask()
+    invalid = mask.invalid(depth, 0.1, 100.0)
+    np.testing.assert_array_equal(invalid > 0, [[True, False, False], [False, True, True]])
+    mask.set_nan(depth, invalid)
+    mask.set_nan(std, invalid)
+    np.testing.assert_array_equal(depth, np.array([[np.nan, 0.1, 5.0], [100.0, np.nan, np.nan]], np.float32))
+    np.testing.assert_array_equal(np.isnan(std), invalid > 0)
+    assert mask.invalid(np.zeros((3, 1), np.float32), 0.1, 1.0).shape == (3, 1)  # a new size: new masks
+
+
 def test_rates_and_status_levels():
     meter = RateMeter(window_s=2.0)
     for t in (10.0, 10.5, 11.0, 11.5):

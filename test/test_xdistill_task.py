@@ -142,6 +142,12 @@ def test_teacher_from_a_plain_state_dict_and_clear_config_errors(world, tmp_path
     error({"teacher_kwargs": TEACHER}, "is a released model that records its own architecture")
     error({"grouping": "kitti"}, "task.kwargs.grouping: grouping 'kitti': no shipped grouping")
     error({"cross_task_weight": -1.0}, "task.kwargs.cross_task_weight: expected a number >= 0")
+    error({"translator_scales": 5}, "task.kwargs.translator_scales: expected 1 to 4")
+    local = create_task("xdistill", make_cfg(world, "local", kwargs={"translator_scales": 1}))
+    assert local.translator.num_scales == 1 and len(local.translator.embed) == 1
+    disps = [torch.rand(1, 1, SIZE[0] // 2 ** s, SIZE[1] // 2 ** s, requires_grad=True) for s in range(4)]
+    local.cross_task_loss({"image": image}, disps)["cross_task"].backward()
+    assert disps[0].grad is not None and all(d.grad is None for d in disps[1:])  # only the finest scale is seen
     backbone_only = tmp_path / "backbone.safetensors"
     save_file({"conv_stem.weight": torch.zeros(8, 3, 3, 3)}, str(backbone_only))
     error({"teacher_path": str(backbone_only)}, "holds no decoder weights")

@@ -152,6 +152,7 @@ class XDistillTask(SelfSupervisedTask):
         cross_task_weight: float = 0.02  # lambda: CE (~0.5-1.5 nats) then adds ~10-20 % to the photometric loss
         min_teacher_confidence: float = 0.0  # pixels whose top group probability is lower are ignored
         translator_channels: int = 16
+        translator_scales: int = 4  # finest disparity scales the translator sees (1 = full resolution only)
 
     checkpoint_exclude = ("teacher.",)
 
@@ -165,6 +166,9 @@ class XDistillTask(SelfSupervisedTask):
                               f"{opt.min_teacher_confidence}")
         if opt.translator_channels < 1:
             raise ConfigError(f"{where}.translator_channels: expected a positive integer, got {opt.translator_channels}")
+        if not 1 <= opt.translator_scales <= 4:
+            raise ConfigError(f"{where}.translator_scales: expected 1 to 4 (the depth network's output scales), got "
+                              f"{opt.translator_scales}")
         if not opt.teacher_path:
             raise ConfigError(f"{where}.teacher_path: expected the segmentation teacher: a released model "
                               "(.safetensors from `kd-depth train --config config/train/segmentation_teacher.yaml`) "
@@ -182,7 +186,7 @@ class XDistillTask(SelfSupervisedTask):
         except (FileNotFoundError, ValueError) as error:
             raise ConfigError(f"{where}.teacher_path: {error}") from error
         self.grouping = grouping
-        self.translator = DepthToSegTranslator(grouping.num_groups, opt.translator_channels)
+        self.translator = DepthToSegTranslator(grouping.num_groups, opt.translator_channels, opt.translator_scales)
         self._captured: list[dict[str, Any]] | None = None
         log.info("xdistill: teacher %s, grouping %s (%d classes -> %d groups: %s), lambda %g", opt.teacher_path,
                  grouping.name, grouping.num_classes, grouping.num_groups, ", ".join(grouping.group_names),
@@ -199,7 +203,7 @@ class XDistillTask(SelfSupervisedTask):
         """{'cross_task': CE (with gradient to `disps`), 'translator_accuracy', 'teacher_confidence', 'teacher_ignored'}."""
         labels, confidence = self.teacher.predict(batch["image"])
         with torch.autocast(device_type=batch["image"].device.type, enabled=False):
-            logits = self.translator([d.float() for d in disps])
+            logits = self.translator([d.float() for d in disps[:self.translator.num_scales]])
             if tuple(logits.shape[-2:]) != tuple(labels.shape[-2:]):
                 logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
             ignore = self.grouping.ignore_index
@@ -230,7 +234,7 @@ class XDistillTask(SelfSupervisedTask):
         panels = super().visuals(batch)
         first = {key: value[:1] if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
         labels, _ = self.teacher.predict(first["image"])
-        logits = self.translator([d.float() for d in self.depth_outputs(first)["disp"]])
+        logits = self.translator([d.float() for d in self.depth_outputs(first)["disp"][:self.translator.num_scales]])
         count, ignore = self.grouping.num_groups, self.grouping.ignore_index
         panels["teacher_groups"] = colorize_labels(labels[0], count, ignore)
         panels["translator_groups"] = colorize_labels(logits[0].argmax(0), count, ignore)

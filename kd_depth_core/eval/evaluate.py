@@ -3,7 +3,8 @@
 ``predict_fn(image uint8 (H,W,3) RGB) -> (depth float32 (h,w) metres, uncertainty (h,w) metres or None)``;
 an object with ``.depth`` / ``.uncertainty`` (the DepthPredictor's result) or a bare depth array is
 accepted too. A ``predict_fn`` with a ``K`` keyword gets the sample's 3x3 intrinsics (``meta['K']``,
-None when unknown or after a centre crop), e.g. ``lambda image, K=None: predictor.predict(image, K=K)``. Per sample: the protocol's centred input crop (Make3D), prediction, resize to the
+None when unknown or after a centre crop), e.g. ``lambda image, K=None: predictor.predict(image, K=K)``; one with a ``right`` keyword gets
+the sample's right image (``meta['right']``, None when the reader has none): stereo models. Per sample: the protocol's centred input crop (Make3D), prediction, resize to the
 ground truth's size, :func:`~kd_depth_core.eval.metrics.score_image`, and with an uncertainty the
 sparsification/calibration statistics on the same pixels (σ scaled by the same median ratio).
 """
@@ -91,9 +92,10 @@ def _as_sample(sample: Any) -> tuple[np.ndarray, np.ndarray, str, dict[str, Any]
     return np.asarray(image), np.asarray(depth, dtype=np.float64), str(name), meta
 
 
-def _accepts_K(predict_fn: PredictFn) -> bool:
+def accepts_keyword(predict_fn: PredictFn, name: str) -> bool:
+    """Whether ``predict_fn`` takes the keyword ``name`` (``K``: intrinsics; ``right``: the right image)."""
     try:
-        return "K" in inspect.signature(predict_fn).parameters
+        return name in inspect.signature(predict_fn).parameters
     except (TypeError, ValueError):
         return False
 
@@ -112,7 +114,7 @@ def evaluate(predict_fn: PredictFn, samples: Iterable[Any], protocol: Protocol, 
     uncertainty = UncertaintyAccumulator(uncertainty_metrics)
     visuals: list[VisualSample] = []
     predict_seconds = 0.0
-    pass_K = _accepts_K(predict_fn)
+    keywords = [name for name in ("K", "right") if accepts_keyword(predict_fn, name)]
     bar = tqdm(samples, total=total, desc=f"evaluate {label} [{protocol.name}]", unit="img", disable=not progress)
     for index, sample in enumerate(bar):
         image, gt, name, meta = _as_sample(sample)
@@ -121,7 +123,8 @@ def evaluate(predict_fn: PredictFn, samples: Iterable[Any], protocol: Protocol, 
             image, gt = center_crop(image, gt, protocol.center_crop_aspect)
             image, K = np.ascontiguousarray(image), None
         start = time.perf_counter()
-        output = predict_fn(image, K=K) if pass_K else predict_fn(image)
+        given = {"K": K, "right": meta.get("right")}
+        output = predict_fn(image, **{name: given[name] for name in keywords})
         predict_seconds += time.perf_counter() - start
         pred, sigma = unpack_prediction(output, name)
         pred = resize_prediction(pred, gt.shape, protocol.resize)

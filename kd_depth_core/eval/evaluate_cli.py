@@ -65,11 +65,12 @@ def build_protocol(args: argparse.Namespace) -> Protocol:
     return get_protocol(args.protocol, **overrides)
 
 
-def open_samples(args: argparse.Namespace) -> BenchmarkReader:
+def open_samples(args: argparse.Namespace, right: bool = False) -> BenchmarkReader:
+    """The reader for ``--data``/``--protocol``; ``right``: with right images (stereo models)."""
     if args.data is None or args.protocol is None:
         raise ValueError("--data and --protocol are required to evaluate a model")
     return open_benchmark(args.protocol, args.data, split=args.split, split_file=args.split_file,
-                          gt_root=args.gt_root, stride=args.stride, limit=args.limit)
+                          gt_root=args.gt_root, stride=args.stride, limit=args.limit, right=right)
 
 
 def load_predictor(model_path: Path, args: argparse.Namespace):
@@ -82,14 +83,24 @@ def load_predictor(model_path: Path, args: argparse.Namespace):
 
 
 def load_predict_fn(model_path: Path, args: argparse.Namespace):
-    """(``predict_fn(image, K=None)``, whether the model predicts metric depth)."""
+    """(``predict_fn(image, K=None)``, whether the model predicts metric depth); a stereo model's
+    ``predict_fn`` also takes ``right`` (the right image)."""
     predictor = load_predictor(model_path, args)
     print(predictor.describe(), file=sys.stderr)
+    metric = getattr(predictor.metadata, "scale_kind", "relative") == "metric"
+    if getattr(predictor.metadata, "stereo", False):
+        def predict_stereo_fn(image, K=None, right=None):
+            if right is None:
+                raise ValueError(f"--model {model_path} is a stereo model and these samples have no right image; "
+                                 "evaluate it with --protocol sequence on sequences recorded with a right camera")
+            return predictor.predict_stereo(image, right, K=K)
+
+        return predict_stereo_fn, metric
 
     def predict_fn(image, K=None):
         return predictor.predict(image, K=K)
 
-    return predict_fn, getattr(predictor.metadata, "scale_kind", "relative") == "metric"
+    return predict_fn, metric
 
 
 def protocol_for_model(args: argparse.Namespace, metric: bool) -> Protocol:
@@ -122,13 +133,15 @@ def write_figures(out_dir: Path, result) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kd_depth_core.eval.evaluate import evaluate
+    from kd_depth_core.eval.evaluate import accepts_keyword, evaluate
     from kd_depth_core.eval.report import console_report, write_results
 
     try:
         build_protocol(args)  # option errors before the model loads
-        samples = open_samples(args)
+        samples = open_samples(args)  # data errors before the model loads
         predict_fn, metric = load_predict_fn(args.model, args)
+        if accepts_keyword(predict_fn, "right"):  # a stereo model: the samples with their right images
+            samples = open_samples(args, right=True)
         protocol = protocol_for_model(args, metric)
         label = args.label or Path(args.model).stem
         result = evaluate(predict_fn, samples, protocol, label=label,

@@ -88,8 +88,21 @@ class Preprocessor:
         return np.stack([self(image, bgr=bgr, name=f"images[{i}]") for i, image in enumerate(images)])
 
 
-def resize_map(values: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize a float32 H×W map (depth or std in metres) bilinearly to ``height``×``width``."""
+def resize_map(values: np.ndarray, height: int, width: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Resize a float32 H×W map (depth or std in metres) bilinearly to ``height``×``width``.
+
+    ``out``: a C-contiguous float32 (height, width) array to write into (returned); without it the
+    input itself is returned when it already has the size.
+    """
+    if out is not None and out.shape != (height, width):
+        raise ValueError(f"out: expected shape {(height, width)}, got {out.shape}")
     if values.shape == (height, width):
-        return values
-    return cv2.resize(values, (width, height), interpolation=cv2.INTER_LINEAR)
+        if out is None:
+            return values
+        np.copyto(out, values)
+        return out
+    resized = cv2.resize(values, (width, height), dst=out, interpolation=cv2.INTER_LINEAR)
+    if out is not None and resized is not out:  # OpenCV allocates instead when the dtype differs
+        np.copyto(out, resized)
+        return out
+    return resized

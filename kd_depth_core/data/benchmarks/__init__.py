@@ -17,13 +17,17 @@ BENCHMARK_PROTOCOLS = ("kitti_eigen", "kitti_eigen_benchmark", "nyu", "make3d", 
 
 def open_benchmark(protocol: str, root: str | os.PathLike, *, split: str | None = None,
                    split_file: str | os.PathLike | None = None, gt_root: str | os.PathLike | None = None,
-                   stride: int = 1, limit: int | None = None) -> BenchmarkReader:
+                   stride: int = 1, limit: int | None = None, right: bool = False) -> BenchmarkReader:
     """The reader for ``protocol`` over ``root``.
 
     ``split``: NYU / DrivingStereo / sequence split name (default "test"); ``split_file``: KITTI list
     (or a Make3D image list); ``gt_root``: KITTI improved-ground-truth archive root; ``stride``:
-    every n-th frame of our sequences; ``limit``: the first N samples only.
+    every n-th frame of our sequences; ``limit``: the first N samples only; ``right``: also give each
+    sample's right image as ``meta['right']`` (for stereo models; our sequences only).
     """
+    if right and protocol != "sequence":
+        raise ValueError(f"protocol {protocol!r}: stereo models are evaluated on kd-depth sequences only "
+                         "(--protocol sequence), which store the right image next to the left")
     if protocol in ("kitti_eigen", "kitti_eigen_benchmark"):
         from kd_depth_core.data.benchmarks.kitti import KittiEigenReader
 
@@ -44,5 +48,5 @@ def open_benchmark(protocol: str, root: str | os.PathLike, *, split: str | None 
     if protocol == "sequence":
         from kd_depth_core.data.benchmarks.sequences import SequenceBenchmarkReader
 
-        return SequenceBenchmarkReader(root, split or "test", stride=stride, limit=limit)
+        return SequenceBenchmarkReader(root, split or "test", stride=stride, limit=limit, right=right)
     raise ValueError(f"protocol: no benchmark reader for {protocol!r}; choose from {BENCHMARK_PROTOCOLS}")
