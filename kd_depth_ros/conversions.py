@@ -45,6 +45,14 @@ COMPRESSED_FORMATS = ("jpeg", "png")
 _TO_RGB = {"bgr8": cv2.COLOR_BGR2RGB, "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB}
 
 
+def _message_backed_array(shape: tuple[int, ...], dtype: np.dtype) -> tuple[array.array, np.ndarray]:
+    """A zeroed ``uint8[]`` message field value and a numpy view of it with ``shape`` and ``dtype``: fill
+    the view, hand the array to a message (no copy). What the reused output buffers allocate."""
+    dtype = np.dtype(dtype)
+    data = array.array("B", bytes(int(np.prod(shape)) * dtype.itemsize))
+    return data, np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
 def _as_uint8_array(buffer) -> array.array:
     """A message ``uint8[]`` field value from any C-contiguous buffer (one memcpy, no per-element checks)."""
     data = array.array("B")
@@ -133,8 +141,7 @@ class ImageBuffer:
         dtype, channels = ENCODINGS[self.encoding]
         shape = (height, width, channels) if channels > 1 else (height, width)
         if self._view is None or self._view.shape != shape:
-            self._data = array.array("B", bytes(int(np.prod(shape)) * dtype.itemsize))
-            self._view = np.frombuffer(self._data, dtype=dtype.newbyteorder("<")).reshape(shape)
+            self._data, self._view = _message_backed_array(shape, dtype.newbyteorder("<"))
         return self._view
 
     def message(self, header: Header | None = None) -> Image:
@@ -428,8 +435,7 @@ class PointCloudBuilder:
         if not (self.reuse_buffer and self.organized):
             return np.empty(shape, dtype="<f4"), None
         if self._flat is None or self._flat.shape != shape:
-            self._data = array.array("B", bytes(4 * int(np.prod(shape))))
-            self._flat = np.frombuffer(self._data, dtype="<f4").reshape(shape)
+            self._data, self._flat = _message_backed_array(shape, np.dtype("<f4"))
         return self._flat, self._data
 
     def build(self, depth: np.ndarray, K: np.ndarray, header: Header, rgb: np.ndarray | None = None) -> PointCloud2:
