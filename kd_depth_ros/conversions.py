@@ -109,22 +109,28 @@ def numpy_to_image(image: np.ndarray, encoding: str, header: Header | None = Non
     if image.dtype != dtype:
         raise ValueError(f"image: {encoding} needs dtype {dtype}, got {image.dtype}")
     image = np.ascontiguousarray(image, dtype=dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype)
-    msg = Image()
+    return _image_message(image, encoding, _as_uint8_array(image), header)
+
+
+def _image_message(image: np.ndarray, encoding: str, data: array.array, header: Header | None) -> Image:
+    """The Image for a dense little-endian ``image`` whose bytes are ``data``, used as it is (no copy:
+    with ``check_fields`` the generated setter keeps an ``array.array('B')`` instead of copying it)."""
+    _, channels = ENCODINGS[encoding]
+    msg = Image(check_fields=True)
     if header is not None:
         msg.header = header
     msg.height, msg.width = int(image.shape[0]), int(image.shape[1])
     msg.encoding = encoding
     msg.is_bigendian = 0
-    msg.step = int(image.shape[1] * channels * dtype.itemsize)
-    msg.data = _as_uint8_array(image)
+    msg.step = int(image.shape[1] * channels * image.dtype.itemsize)
+    msg.data = data
     return msg
 
 
 class ImageBuffer:
     """A reused ``Image`` payload for one output topic: fill :meth:`view`, then :meth:`message` wraps it.
 
-    The message's ``data`` *is* the buffer (no copy: the generated setter keeps an ``array.array('B')``
-    as it is when ``check_fields`` is on). ``publish()`` copies the data into the middleware before it
+    The message's ``data`` *is* the buffer (see :func:`_image_message`). ``publish()`` copies the data into the middleware before it
     returns, so the same thread may refill the view for the next frame; do not keep a message past that.
     Reusing one buffer also avoids the page faults of a fresh 1.2 MB allocation per 640x480 frame.
     """
@@ -148,16 +154,7 @@ class ImageBuffer:
         """The Image around the current view (call :meth:`view` first)."""
         if self._view is None:
             raise RuntimeError("ImageBuffer.message() before view(): nothing to publish")
-        dtype, channels = ENCODINGS[self.encoding]
-        msg = Image(check_fields=True)
-        if header is not None:
-            msg.header = header
-        msg.height, msg.width = self._view.shape[0], self._view.shape[1]
-        msg.encoding = self.encoding
-        msg.is_bigendian = 0
-        msg.step = self._view.shape[1] * channels * dtype.itemsize
-        msg.data = self._data
-        return msg
+        return _image_message(self._view, self.encoding, self._data, header)
 
 
 def to_model_input(image: np.ndarray, encoding: str) -> np.ndarray:
