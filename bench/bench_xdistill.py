@@ -167,6 +167,8 @@ def main() -> int:
     parser.add_argument("--lambda", dest="weight", type=float, default=0.02, help="cross_task_weight of xdistill")
     parser.add_argument("--translator-scales", type=int, default=4,
                         help="disparity scales the translator sees (1 = full resolution only: local evidence)")
+    parser.add_argument("--translator-warmup", type=int, default=0,
+                        help="steps the translator trains on detached depth first (task.kwargs.translator_warmup_steps)")
     parser.add_argument("--student-backbone", default="lcnet_050")
     parser.add_argument("--teacher-backbone", default="resnet18")
     parser.add_argument("--radius", type=int, default=3, help="boundary band half-width in pixels")
@@ -219,10 +221,12 @@ def main() -> int:
     plain_cfg["task"] = {"name": "self_supervised", "kwargs": photometric}
     plain_path, plain_step_s = train(plain_cfg, "self_supervised")
     suffix = "" if args.translator_scales == 4 else f"_scales{args.translator_scales}"
+    suffix += f"_warmup{args.translator_warmup}" if args.translator_warmup else ""
     xd_cfg = base_config(args, root, out, f"xdistill_lambda{args.weight:g}{suffix}")
     xd_cfg["task"] = {"name": "xdistill", "kwargs": {**photometric, "teacher_path": str(teacher_path),
                                                       "grouping": "synthetic", "cross_task_weight": args.weight,
-                                                      "translator_scales": args.translator_scales}}
+                                                      "translator_scales": args.translator_scales,
+                                                      "translator_warmup_steps": args.translator_warmup}}
     xd_path, xd_step_s = train(xd_cfg, f"xdistill (lambda {args.weight:g})")
 
     test = SequenceDataset(root, "test", offsets=(), size=args.size, load_depth=True, load_semantic=True)

@@ -1,4 +1,4 @@
-"""kd_depth_core.losses photometric and smoothness terms: hand values and a synthetic ray-cast scene."""
+"""kd_depth_core.losses photometric, smoothness and cross-task terms: hand values and a synthetic ray-cast scene."""
 from __future__ import annotations
 
 import math
@@ -10,6 +10,7 @@ import torch
 from kd_depth_core import geometry
 from kd_depth_core.losses import (
     edge_aware_smoothness,
+    masked_cross_entropy,
     min_reprojection_loss,
     multiscale_reprojection_loss,
     multiscale_smoothness,
@@ -255,3 +256,17 @@ def test_warp_sources_shapes_and_bad_pose_shape():
     assert torch.allclose(warped, sources, atol=1e-5)
     with pytest.raises(ValueError, match="T_source_target"):
         warp_sources(sources, torch.ones(2, 1, 6, 8), K, poses[:, :2])
+
+
+
+def test_masked_cross_entropy_by_hand_skips_ignored_pixels() -> None:
+    # pixel a: logits (0, 0), label 0 -> ln 2; pixel b: (ln 3, 0), label 0 -> -ln(3/4); pixel c ignored
+    logits = torch.tensor([[0.0, math.log(3.0), 5.0], [0.0, 0.0, -5.0]]).view(1, 2, 1, 3)
+    labels = torch.tensor([[[0, 0, 255]]])
+    a, b = math.log(2.0), -math.log(0.75)
+    assert masked_cross_entropy(logits, labels) == pytest.approx((a + b) / 2, rel=1e-6)
+    # class weights (2, 1): both pixels are class 0, so the weighted mean is the same
+    assert masked_cross_entropy(logits, labels, weight=torch.tensor([2.0, 1.0])) == pytest.approx((a + b) / 2, rel=1e-6)
+    assert masked_cross_entropy(logits, torch.full((1, 1, 3), 255)) == 0.0  # nothing labelled: 0, not NaN
+    with pytest.raises(ValueError, match=r"labels: expected shape \(B,H,W\) = \(1, 1, 3\)"):
+        masked_cross_entropy(logits, torch.zeros(1, 3, dtype=torch.long))

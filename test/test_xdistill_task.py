@@ -87,6 +87,23 @@ def test_cross_task_gradient_reaches_the_depth_network_and_not_the_frozen_teache
     assert labels.shape == (2, *SIZE) and int(labels.max()) < 6 and bool((confidence >= 1 / 6 - 1e-6).all())
 
 
+def test_during_translator_warmup_the_cross_task_term_trains_only_the_translator(world):
+    torch.manual_seed(0)
+    task = create_task("xdistill", make_cfg(world, "warmup", kwargs={"translator_warmup_steps": 3}))
+    batch = first_batch(task.cfg)
+
+    def depth_gradient(weight: float, step: int) -> torch.Tensor:
+        task.zero_grad(set_to_none=True)
+        task.options.cross_task_weight = weight
+        task(batch, step=step)["loss"].backward()
+        return torch.cat([p.grad.flatten() for p in task.depth_net.parameters()])
+
+    photometric_only = depth_gradient(0.0, step=0)
+    torch.testing.assert_close(depth_gradient(1.0, step=2), photometric_only)  # CE stops at the detached depth
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in task.translator.parameters())
+    assert not torch.allclose(depth_gradient(1.0, step=3), photometric_only)  # from step 3 on it reaches the depth
+
+
 def test_loss_is_the_self_supervised_loss_plus_lambda_times_cross_entropy(world):
     torch.manual_seed(0)
     xdistill = create_task("xdistill", make_cfg(world, "sum", kwargs={"cross_task_weight": 0.5}))
@@ -143,6 +160,7 @@ def test_teacher_from_a_plain_state_dict_and_clear_config_errors(world, tmp_path
     error({"grouping": "kitti"}, "task.kwargs.grouping: grouping 'kitti': no shipped grouping")
     error({"cross_task_weight": -1.0}, "task.kwargs.cross_task_weight: expected a number >= 0")
     error({"translator_scales": 5}, "task.kwargs.translator_scales: expected 1 to 4")
+    error({"translator_warmup_steps": -1}, "task.kwargs.translator_warmup_steps: expected an integer >= 0")
     local = create_task("xdistill", make_cfg(world, "local", kwargs={"translator_scales": 1}))
     assert local.translator.num_scales == 1 and len(local.translator.embed) == 1
     disps = [torch.rand(1, 1, SIZE[0] // 2 ** s, SIZE[1] // 2 ** s, requires_grad=True) for s in range(4)]

@@ -8,6 +8,8 @@ the depth network's multi-scale disparities into group logits; its cross-entropy
 pseudo-labels back-propagates through the disparities into the depth network, so semantic
 structure shapes the depth maps. Loss = the 'self_supervised' task's photometric loss (its code,
 reused: this task is that task plus the cross-task term) + `cross_task_weight` x cross-entropy.
+For the first `translator_warmup_steps` the translator learns on detached disparities: until it
+has learnt a mapping, its gradient would only add noise to the depth network.
 
 The teacher (`task.kwargs.teacher_path`) is either a released segmentation model (the
 'segmentation' task's `model.safetensors`, class names in its metadata) or a plain local state
@@ -153,6 +155,7 @@ class XDistillTask(SelfSupervisedTask):
         min_teacher_confidence: float = 0.0  # pixels whose top group probability is lower are ignored
         translator_channels: int = 16
         translator_scales: int = 4  # finest disparity scales the translator sees (1 = full resolution only)
+        translator_warmup_steps: int = 0  # steps the translator learns on detached depth before its CE reaches it
 
     checkpoint_exclude = ("teacher.",)
 
@@ -166,6 +169,9 @@ class XDistillTask(SelfSupervisedTask):
                               f"{opt.min_teacher_confidence}")
         if opt.translator_channels < 1:
             raise ConfigError(f"{where}.translator_channels: expected a positive integer, got {opt.translator_channels}")
+        if opt.translator_warmup_steps < 0:
+            raise ConfigError(f"{where}.translator_warmup_steps: expected an integer >= 0, got "
+                              f"{opt.translator_warmup_steps}")
         if not 1 <= opt.translator_scales <= 4:
             raise ConfigError(f"{where}.translator_scales: expected 1 to 4 (the depth network's output scales), got "
                               f"{opt.translator_scales}")
@@ -219,7 +225,10 @@ class XDistillTask(SelfSupervisedTask):
             out = self._captured[0]
         finally:
             self._captured = None
-        parts = self.cross_task_loss(batch, out["disp"])
+        disps = out["disp"]
+        if step < self.options.translator_warmup_steps:  # a random translator's gradient would only add noise
+            disps = [d.detach() for d in disps]
+        parts = self.cross_task_loss(batch, disps)
         ce = parts.pop("cross_task")
         result["loss"] = result["loss"] + self.options.cross_task_weight * ce
         result["cross_task"] = ce.detach()
