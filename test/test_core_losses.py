@@ -258,7 +258,6 @@ def test_warp_sources_shapes_and_bad_pose_shape():
         warp_sources(sources, torch.ones(2, 1, 6, 8), K, poses[:, :2])
 
 
-
 def test_masked_cross_entropy_by_hand_skips_ignored_pixels() -> None:
     # pixel a: logits (0, 0), label 0 -> ln 2; pixel b: (ln 3, 0), label 0 -> -ln(3/4); pixel c ignored
     logits = torch.tensor([[0.0, math.log(3.0), 5.0], [0.0, 0.0, -5.0]]).view(1, 2, 1, 3)
