@@ -75,7 +75,7 @@ def test_adapters_on_real_student_and_stereo_teacher_features():
     torch.manual_seed(0)
     student = create_model("student_lcnet", backbone="lcnet_050")
     teacher = create_model("stereo_teacher", backbone="resnet10t", max_disparity=16, match_channels=8,
-                           decoder_channels=(8, 8, 16, 16, 32), uncertainty=True)
+                           aggregation_channels=16, refine_channels=8, uncertainty=True)
     adapters = FeatureAdapters(student.feature_info, teacher.feature_info)
     assert adapters.pairs == [(4, 4), (8, 8), (16, 16), (32, 32)]
     # the teacher's fused maps carry the correlation-volume channels on top of the backbone's

@@ -34,7 +34,7 @@ def _single_thread():
 TINY_KWARGS: dict[str, dict] = {
     "ms_dpt_teacher": {"backbone": "vit_tiny_patch16_224", "depth": 4, "embed_dim": 64, "num_heads": 2,
                        "img_size": (HEIGHT, WIDTH), "features": 16},
-    "stereo_teacher": {"backbone": "lcnet_050", "max_disparity": 32, "decoder_channels": (8, 8, 16, 16, 32)},
+    "stereo_teacher": {"backbone": "lcnet_050", "max_disparity": 32, "aggregation_channels": 16, "refine_channels": 8},
     "pose_resnet18": {"backbone": "lcnet_050"},
 }
 DEPTH_FAMILIES = {"baseline", "student", "teacher"}
@@ -153,10 +153,10 @@ def test_stereo_teacher_uses_the_right_image() -> None:
     left, right = torch.rand(1, 3, HEIGHT, WIDTH), torch.rand(1, 3, HEIGHT, WIDTH, requires_grad=True)
     model(left, right)["disp"][0].sum().backward()
     assert float(right.grad.abs().sum()) > 0  # the disparity depends on the right view
-    # the fused features carry max_disparity / stride correlation channels at strides 4, 8, 16
+    # the returned features carry the matching probabilities over max_disparity / 4 + 1 candidates at stride 4
     volumes = {info["reduction"]: info["num_chs"] for info in model.feature_info}
-    backbone = {info["reduction"]: info["num_chs"] for info in model.encoder.backbone.feature_info}
-    assert {r: volumes[r] - backbone[r] for r in volumes} == {2: 0, 4: 8, 8: 4, 16: 2, 32: 0}
+    backbone = {info["reduction"]: info["num_chs"] for info in model.encoder.backbone_feature_info}
+    assert {r: volumes[r] - backbone[r] for r in volumes} == {2: 0, 4: 9, 8: 0, 16: 0, 32: 0}
     with pytest.raises(ValueError, match="left .* and right .* must have the same shape"):
         model(left, torch.rand(1, 3, HEIGHT, 2 * WIDTH))
 

@@ -42,13 +42,16 @@ def _write_zero_model(path, min_depth: float = 1.0, max_depth: float = 3.0, ster
 
     if stereo:
         model = create_model("stereo_teacher", backbone="lcnet_050", max_disparity=16, match_channels=8,
-                             decoder_channels=(8, 8, 8, 8, 8))
+                             aggregation_channels=16, refine_channels=8)
     else:
         model = create_model("student_lcnet", backbone="lcnet_050", decoder_channels=(8, 8, 8, 8), uncertainty=True)
     with torch.no_grad():
         for tensor in list(model.parameters()) + list(model.buffers()):
             if tensor.is_floating_point():
                 tensor.zero_()
+    if stereo:  # uniform matching: the mean of candidates 0..16 px = 8 px; fx·B = 12 px·m -> 1.5 m
+        model.candidates.copy_(torch.arange(5) * 4.0)
+        model.set_rig(fx=40.0, baseline=0.3, width=96, min_depth=min_depth, max_depth=max_depth)
     meta = ModelMetadata.from_model(model, input_height=64, input_width=96, min_depth=min_depth, max_depth=max_depth,
                                     scale_kind="metric", focal_length_px=None, has_uncertainty=True, stereo=stereo)
     return save_model(path, model, meta)

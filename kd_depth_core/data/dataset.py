@@ -37,12 +37,14 @@ class SequenceDataset(Dataset):
         augment: colour jitter (brightness, contrast, saturation, hue-free), the same for every
             frame of a sample so photometric constancy between them holds.
         stride: use every ``stride``-th valid target frame (for fast validation).
+        proxy: a `classical.proxy_cache.ProxySource`: also return ``proxy_disparity``, the SGBM
+            proxy of the (unaugmented) pair at the training size (needs ``stereo``).
     """
 
     def __init__(self, root: str | os.PathLike, split: str | SequenceLike[str] | None = "train",
                  offsets: SequenceLike[int] = (-1, 1), size: tuple[int, int] | None = None, stereo: bool = False,
                  load_depth: bool = False, load_semantic: bool = False, augment: bool = False,
-                 stride: int = 1, seed: int = 0) -> None:
+                 stride: int = 1, seed: int = 0, proxy=None) -> None:
         self.root = Path(root)
         if isinstance(split, str):
             names = read_split(self.root, split)
@@ -59,6 +61,9 @@ class SequenceDataset(Dataset):
         self.stereo, self.load_depth, self.load_semantic, self.augment = stereo, load_depth, load_semantic, augment
         self.seed = seed
         self.epoch = 0
+        self.proxy = proxy
+        if proxy is not None and not stereo:
+            raise SequenceError(f"{self.root}: the SGBM proxy needs the right images (stereo=True)")
         for seq in self.sequences:
             if stereo and not seq.has_right:
                 raise SequenceError(f"{seq.path}: stereo=True but the sequence has no right images")
@@ -111,8 +116,9 @@ class SequenceDataset(Dataset):
         seq = self.sequences[s]
         jitter = self._jitter(index) if self.augment else (lambda im: im)
         camera = seq.camera if self.size is None else seq.camera.scaled(self.size[1], self.size[0])
+        left = self._resize(seq.load_left(i))
         sample = {
-            "image": _to_tensor(jitter(self._resize(seq.load_left(i)))),
+            "image": _to_tensor(jitter(left)),
             "K": torch.from_numpy(camera.K.astype(np.float32)),
             "baseline": torch.tensor(float(seq.camera.baseline or 0.0)),
             "frame_key": f"{seq.name}/{i:06d}",
@@ -121,7 +127,13 @@ class SequenceDataset(Dataset):
             sample["sources"] = torch.stack([_to_tensor(jitter(self._resize(seq.load_left(i + o))))
                                              for o in self.offsets])
         if self.stereo:
-            sample["image_right"] = _to_tensor(jitter(self._resize(seq.load_right(i))))
+            right = self._resize(seq.load_right(i))
+            sample["image_right"] = _to_tensor(jitter(right))
+            if self.proxy is not None:
+                disparity = self.proxy.get(seq.name, i, left, right, seq.frame_path("left", i),
+                                           seq.frame_path("right", i), float(camera.K[0, 0]),
+                                           float(seq.camera.baseline or 0.0))
+                sample["proxy_disparity"] = torch.from_numpy(disparity)[None]
         if self.load_depth:
             sample["depth_gt"] = torch.from_numpy(self._resize(seq.load_depth(i), nearest=True))[None]
         if self.load_semantic:

@@ -188,9 +188,28 @@ def stage_evaluate(ctx: DemoContext, folder: Path, settings: dict[str, Any]) -> 
                                                      "scale_ratio", "predict_ms", "uncertainty")}
         for visual in result.visuals:
             visuals.setdefault(visual.name, {})[label] = visual
+    results["sgbm"] = _evaluate_sgbm(ctx, settings)
     rows = [row for row in visuals.values() if len(row) == len(MODEL_STAGES)]
     figure = plots.save_figure(plots.comparison_figure(rows), folder / "comparison.png") if rows else None
     return {"models": results, "comparison": str(figure) if figure else None}
+
+
+def _evaluate_sgbm(ctx: DemoContext, settings: dict[str, Any]) -> dict[str, Any]:
+    """The classical floor on the same frames: OpenCV SGBM with a left-right check and hole filling."""
+    from kd_depth_core.classical.sgbm import SGBMPredictor, SGBMSettings
+    from kd_depth_core.data.benchmarks import open_benchmark
+    from kd_depth_core.eval.evaluate import evaluate
+    from kd_depth_core.eval.protocols import get_protocol
+
+    max_depth = float(settings.get("max_depth", 80.0))
+    sgbm = SGBMPredictor(SGBMSettings(min_depth=float(settings.get("sgbm_min_depth", 2.0))), max_depth=max_depth)
+    samples = open_benchmark("sequence", ctx.data_root, split="test", stride=int(settings.get("stride", 1)),
+                             limit=settings.get("max_images"), right=True)
+    result = evaluate(lambda image, K=None, right=None, baseline=None: sgbm.predict(image, right, K, baseline),
+                      samples, get_protocol("sequence", max_depth=max_depth, median_scaling=False),
+                      label="OpenCV SGBM (no learning)", progress=ctx.progress)
+    return {"label": result.label, "mean": result.mean, "metric": True, "params_m": None, "gflops_640x192": None,
+            "scale_ratio": None, "predict_ms": result.predict_ms, "uncertainty": None}
 
 
 def _load_network(path: str):

@@ -62,6 +62,9 @@ def write_report(ctx: DemoContext, folder: Path) -> Path:
                  "|---|---:|---:|---:|---|"]
     for row in evaluation.values():
         scale = "metric" if row["metric"] else "relative (median-scaled)"
+        if row.get("params_m") is None:  # the classical baseline: no network
+            size_rows.append(f"| {row['label']} | — | — | {row['predict_ms']:.1f} | {scale} |")
+            continue
         size_rows.append(f"| {row['label']} | {row['params_m']:.2f} | {row['gflops_640x192']:.2f} | "
                          f"{row['predict_ms']:.1f} | {scale} |")
     figures = []

@@ -14,6 +14,7 @@ from pathlib import Path
 from kd_depth_core.eval.evaluate_cli import (
     add_data_arguments,
     build_protocol,
+    default_label,
     load_predict_fn,
     open_samples,
     protocol_for_model,
@@ -35,7 +36,7 @@ def _labels(args: argparse.Namespace) -> list[str]:
     if args.label and len(args.label) != len(args.model):
         raise ValueError(f"--label: given {len(args.label)} label(s) for {len(args.model)} --model(s); "
                          f"give one per model or none")
-    labels = list(args.label) or [Path(m).stem for m in args.model]
+    labels = list(args.label) or [default_label(m) for m in args.model]
     seen: dict[str, int] = {}
     unique = []
     for label in labels:
@@ -45,7 +46,7 @@ def _labels(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kd_depth_core.eval.evaluate import evaluate
+    from kd_depth_core.eval.evaluate import accepts_keyword, evaluate
     from kd_depth_core.eval.report import comparison_report, comparison_rows, load_result, table_metrics, write_json
     from kd_depth_core.utils.atomic import write_text_atomic
 
@@ -61,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
             samples = open_samples(args)
             for model, label in zip(args.model, labels):
                 predict_fn, metric = load_predict_fn(model, args)
-                result = evaluate(predict_fn, samples, protocol_for_model(args, metric), label=label,
+                stereo = accepts_keyword(predict_fn, "right")  # the same frames, with their right images
+                result = evaluate(predict_fn, open_samples(args, right=True) if stereo else samples,
+                                  protocol_for_model(args, metric), label=label,
                                   num_visuals=args.panels if args.out is not None else 0,
                                   progress=not args.no_progress)
                 evaluated.append(result)

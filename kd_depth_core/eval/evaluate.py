@@ -114,7 +114,7 @@ def evaluate(predict_fn: PredictFn, samples: Iterable[Any], protocol: Protocol, 
     uncertainty = UncertaintyAccumulator(uncertainty_metrics)
     visuals: list[VisualSample] = []
     predict_seconds = 0.0
-    keywords = [name for name in ("K", "right") if accepts_keyword(predict_fn, name)]
+    keywords = [name for name in ("K", "right", "baseline") if accepts_keyword(predict_fn, name)]
     bar = tqdm(samples, total=total, desc=f"evaluate {label} [{protocol.name}]", unit="img", disable=not progress)
     for index, sample in enumerate(bar):
         image, gt, name, meta = _as_sample(sample)
@@ -123,7 +123,7 @@ def evaluate(predict_fn: PredictFn, samples: Iterable[Any], protocol: Protocol, 
             image, gt = center_crop(image, gt, protocol.center_crop_aspect)
             image, K = np.ascontiguousarray(image), None
         start = time.perf_counter()
-        given = {"K": K, "right": meta.get("right")}
+        given = {"K": K, "right": meta.get("right"), "baseline": meta.get("baseline")}
         output = predict_fn(image, **{name: given[name] for name in keywords})
         predict_seconds += time.perf_counter() - start
         pred, sigma = unpack_prediction(output, name)

@@ -41,11 +41,15 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'")
     parser.add_argument("--scale-mode", default="auto",
                         help="DepthPredictor scale mode: auto, none, focal, fixed, ground_plane (inference/scale.py)")
+    parser.add_argument("--sgbm-min-depth", type=float, default=2.0,
+                        help="--model sgbm: nearest depth searched (m); sets the number of disparities")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, type=Path, help="released model file (kd-depth export)")
+    parser.add_argument("--model", required=True, type=Path,
+                        help="released model file (kd-depth export), or 'sgbm' for the classical stereo baseline "
+                             "(OpenCV SGBM, no learning; needs right images)")
     parser.add_argument("--label", default=None, help="name of the model in tables (default: file stem)")
     add_data_arguments(parser)
     parser.add_argument("--panels", type=int, default=4, help="number of PNG panels written with --out")
@@ -82,9 +86,40 @@ def load_predictor(model_path: Path, args: argparse.Namespace):
     return DepthPredictor(str(model_path), device=args.device, scale_mode=args.scale_mode)
 
 
+SGBM_LABEL = "OpenCV SGBM (no learning)"
+
+
+def is_sgbm(model_path: Path) -> bool:
+    """``--model sgbm``: the classical stereo baseline instead of a model file."""
+    return str(model_path) == "sgbm" and not Path(model_path).is_file()
+
+
+def default_label(model_path: Path) -> str:
+    return SGBM_LABEL if is_sgbm(model_path) else Path(model_path).stem
+
+
+def sgbm_predict_fn(args: argparse.Namespace):
+    """SGBM + left-right check + row-wise hole filling as a metric stereo ``predict_fn``."""
+    from kd_depth_core.classical.sgbm import SGBMPredictor, SGBMSettings
+
+    predictor = SGBMPredictor(SGBMSettings(min_depth=args.sgbm_min_depth),
+                              max_depth=args.max_depth if args.max_depth is not None else 80.0)
+    print(predictor.describe(), file=sys.stderr)
+
+    def predict_fn(image, K=None, right=None, baseline=None):
+        if right is None or K is None or not baseline:
+            raise ValueError("--model sgbm needs rectified right images, K and the stereo baseline: evaluate it "
+                             "with --protocol sequence on sequences recorded with a right camera")
+        return predictor.predict(image, right, K, baseline)
+
+    return predict_fn
+
+
 def load_predict_fn(model_path: Path, args: argparse.Namespace):
     """(``predict_fn(image, K=None)``, whether the model predicts metric depth); a stereo model's
-    ``predict_fn`` also takes ``right`` (the right image)."""
+    ``predict_fn`` also takes ``right`` (the right image); ``--model sgbm`` is the classical baseline."""
+    if is_sgbm(model_path):
+        return sgbm_predict_fn(args), True
     predictor = load_predictor(model_path, args)
     print(predictor.describe(), file=sys.stderr)
     metric = getattr(predictor.metadata, "scale_kind", "relative") == "metric"
@@ -143,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         if accepts_keyword(predict_fn, "right"):  # a stereo model: the samples with their right images
             samples = open_samples(args, right=True)
         protocol = protocol_for_model(args, metric)
-        label = args.label or Path(args.model).stem
+        label = args.label or default_label(args.model)
         result = evaluate(predict_fn, samples, protocol, label=label,
                           num_visuals=args.panels if args.out is not None else 0, progress=not args.no_progress)
     except (FileNotFoundError, ValueError, ImportError) as exc:

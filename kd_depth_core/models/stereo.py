@@ -1,10 +1,22 @@
-"""Stereo teacher: a shared timm CNN on both images, correlation volumes, the shared disparity decoder.
+"""Stereo teacher that matches: a cost volume, soft-argmin disparity in pixels, image-guided refinement.
 
-`StereoEncoder` runs one backbone on left and right (batched together), and at the strides in
-`cost_volume_reductions` appends a correlation volume over disparity to the left features. The
-decoder (`MultiScaleDispDecoder`) is built from the encoder's `feature_info` (left channels +
-disparity candidates) and predicts left sigmoid disparity at 4 scales and `log_sigma`. The fused
-(3D-aware) features are what `return_features=True` returns, for feature distillation.
+`model(left, right)` on a rectified pair (right camera at +x):
+1. one timm backbone on left and right (batched together);
+2. a correlation volume at stride `match_reduction` (default 4) over `max_disparity / r + 1` candidates;
+3. a small 2D U-Net aggregates the volume with the left image's deeper context features into
+   matching logits; a softmax over candidates gives a soft-argmin disparity (subpixel, in
+   full-resolution pixels) and the spread of the matching distribution;
+4. StereoNet-style refinement, one residual step per factor 2 up to full resolution, guided by
+   the left image (and the backbone's left features at that stride).
+
+The disparity becomes depth through the rig, Z = fx·B / d (`rig` buffer: fx·B per pixel of input
+width, and the depth range), so there is no sigmoid range to initialise: the untrained network
+already outputs plausible matches. The training task sets the rig from the data (`set_rig`); it
+is saved with the weights. Outputs follow the depth-model contract of docs/architecture.md
+(`disp` in the sigmoid parametrisation of `geometry.disp_to_depth` over the rig's depth range)
+plus `disparity` (4 scales, full-resolution pixels) and `log_sigma`. `return_features=True` adds the
+left features, with the matching probabilities appended at the matching stride (the 3D-aware
+features ADU-Depth distils), described by `feature_info`.
 """
 from __future__ import annotations
 
@@ -15,9 +27,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .decoders import MONODEPTH2_CHANNELS, MultiScaleDispDecoder
 from .encoders import TimmEncoder, check_image
 from .registry import register_model
+
+NUM_SCALES = 4
+DEFAULT_RIG = (0.58 * 0.54, 0.1, 100.0)
+"""fx·B per pixel of width (KITTI-like: fx 0.58·W, 0.54 m), min and max depth (m); replaced by `set_rig`."""
 
 
 def correlation_volume(left: torch.Tensor, right: torch.Tensor, num_disparities: int) -> torch.Tensor:
@@ -36,85 +51,222 @@ def correlation_volume(left: torch.Tensor, right: torch.Tensor, num_disparities:
     return torch.stack(slices, dim=1)
 
 
-class StereoEncoder(nn.Module):
-    """(left, right) in [0, 1] -> left feature maps, with correlation volumes appended at chosen strides.
+def soft_argmin(logits: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Matching logits (B,D,H,W) over disparity `candidates` (D,) -> (expected disparity, std), each (B,1,H,W).
 
-    `max_disparity`: largest disparity searched, in full-resolution pixels; at stride r the volume
-    has max(1, max_disparity // r) candidates over features projected to `match_channels`.
+    The expectation under softmax(logits) over the candidate axis: differentiable and subpixel.
+    """
+    prob = torch.softmax(logits, dim=1)
+    values = candidates.view(1, -1, 1, 1).to(prob)
+    mean = (prob * values).sum(1, keepdim=True)
+    var = (prob * (values - mean) ** 2).sum(1, keepdim=True)
+    return mean, var.clamp(min=0).sqrt()
+
+
+def _conv(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride, padding=dilation, dilation=dilation),
+                         nn.BatchNorm2d(out_channels), nn.LeakyReLU(0.1, inplace=True))
+
+
+class CostAggregation(nn.Module):
+    """(volume (B,D,h,w), left context per level) -> matching logits (B,D,h,w): a 2D U-Net over the volume.
+
+    `context_channels[0]` is the left feature width at the volume's stride, the next ones at 2x, 4x, ...
+    (one level per deeper backbone stride).
     """
 
-    def __init__(self, backbone: str, *, cost_volume_reductions: Sequence[int] = (4, 8, 16),
-                 max_disparity: int = 192, match_channels: int = 32,
-                 weights_path: str | os.PathLike | None = None) -> None:
+    def __init__(self, candidates: int, context_channels: Sequence[int], width: int) -> None:
         super().__init__()
-        self.backbone = TimmEncoder(backbone, weights_path=weights_path)
-        reductions = [info["reduction"] for info in self.backbone.feature_info]
-        missing = [r for r in cost_volume_reductions if r not in reductions]
-        if missing:
-            raise ValueError(f"cost_volume_reductions {list(missing)} not among backbone {backbone!r} "
-                             f"feature strides {reductions}")
-        self.volume_levels: dict[int, int] = {}  # feature index -> disparity candidates
-        self.match_proj = nn.ModuleDict()
-        self.feature_info: list[dict[str, int]] = []
-        for index, info in enumerate(self.backbone.feature_info):
-            channels, reduction = info["num_chs"], info["reduction"]
-            if reduction in cost_volume_reductions and index == reductions.index(reduction):
-                candidates = max(1, int(max_disparity) // reduction)
-                self.volume_levels[index] = candidates
-                self.match_proj[str(index)] = nn.Conv2d(channels, int(match_channels), 1)
-                channels += candidates
-            self.feature_info.append({"num_chs": channels, "reduction": reduction})
+        self.stem = _conv(candidates + context_channels[0], width)
+        self.down = nn.ModuleList()
+        self.merge = nn.ModuleList()
+        for channels in context_channels[1:]:
+            self.down.append(_conv(width, width, stride=2))
+            self.merge.append(_conv(width + channels, width))
+        self.up = nn.ModuleList(_conv(width, width) for _ in context_channels[1:])
+        self.head = nn.Sequential(_conv(width, width, dilation=2), nn.Conv2d(width, candidates, 3, padding=1))
 
-    def forward(self, left: torch.Tensor, right: torch.Tensor) -> list[torch.Tensor]:
-        batch = left.shape[0]
-        fused = []
-        for index, features in enumerate(self.backbone(torch.cat([left, right], dim=0))):
-            left_features, right_features = features[:batch], features[batch:]
-            if index in self.volume_levels:
-                proj = self.match_proj[str(index)]
-                volume = correlation_volume(proj(left_features), proj(right_features), self.volume_levels[index])
-                left_features = torch.cat([left_features, volume], dim=1)
-            fused.append(left_features)
-        return fused
+    def forward(self, volume: torch.Tensor, context: Sequence[torch.Tensor]) -> torch.Tensor:
+        x = self.stem(torch.cat([volume, context[0]], 1))
+        skips = [x]
+        for down, merge, ctx in zip(self.down, self.merge, context[1:]):
+            x = down(x)
+            x = merge(torch.cat([x, F.interpolate(ctx, size=x.shape[-2:], mode="nearest")], 1))
+            skips.append(x)
+        for up, skip in zip(self.up, reversed(skips[:-1])):
+            x = up(F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False) + skip)
+        return self.head(x)
 
 
-class StereoDepthNet(nn.Module):
+class Refinement(nn.Module):
+    """One StereoNet step: upsampled disparity + left image (+ left features) -> disparity + residual (px)."""
+
+    def __init__(self, guide_channels: int, width: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_conv(1 + 3 + guide_channels, width), _conv(width, width, dilation=2),
+                                  _conv(width, width, dilation=4), _conv(width, width))
+        self.residual = nn.Conv2d(width, 1, 3, padding=1)
+        nn.init.zeros_(self.residual.weight)
+        nn.init.zeros_(self.residual.bias)
+
+    def forward(self, disparity: torch.Tensor, image: torch.Tensor, guide: torch.Tensor | None,
+                disparity_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = [disparity / disparity_scale, image] + ([guide] if guide is not None else [])
+        hidden = self.body(torch.cat(inputs, 1))
+        return F.relu(disparity + self.residual(hidden)), hidden
+
+
+class StereoEncoder(TimmEncoder):
+    """The timm backbone shared by left and right. `backbone_feature_info` is the backbone's own
+    contract; `feature_info` that of the features the network returns (`return_features=True`): the
+    left features with the matching probabilities (`candidates` channels) appended at stride
+    `match_reduction`."""
+
+    def __init__(self, backbone: str, *, match_reduction: int, candidates: int,
+                 weights_path: str | os.PathLike | None = None) -> None:
+        super().__init__(backbone, weights_path=weights_path)
+        self.backbone_feature_info = [dict(i) for i in self.feature_info]
+        reductions = [int(i["reduction"]) for i in self.backbone_feature_info]
+        if match_reduction not in reductions:
+            raise ValueError(f"match_reduction {match_reduction} is not among backbone {backbone!r} feature strides "
+                             f"{reductions}")
+        self.match_index = reductions.index(match_reduction)
+        self.feature_info = [dict(i) for i in self.backbone_feature_info]
+        self.feature_info[self.match_index]["num_chs"] += int(candidates)
+
+
+class StereoMatchNet(nn.Module):
     """`model(left, right, return_features=False)`, each (B,3,H,W) in [0, 1] (rectified pair, right at +x).
 
-    Returns {'disp': 4 scales of LEFT sigmoid disparity, 'log_sigma': (B,1,H,W) if uncertainty,
-    'features'?: fused left features per `feature_info`}.
+    Returns {'disparity': 4 scales (B,1,H/2^s,W/2^s) of left disparity in full-resolution pixels,
+    'disp': the same in the sigmoid parametrisation over the rig's depth range, 'log_sigma'?: (B,1,H,W),
+    'features'?: left features per `feature_info`}. See the module docstring.
     """
 
     input_names: tuple[str, ...] = ("left", "right")
 
-    def __init__(self, encoder: StereoEncoder, decoder_channels: Sequence[int] = MONODEPTH2_CHANNELS, *,
-                 uncertainty: bool = True) -> None:
+    def __init__(self, backbone: str, *, match_reduction: int = 4, max_disparity: int = 192, match_channels: int = 32,
+                 aggregation_channels: int = 64, refine_channels: int = 32, uncertainty: bool = True,
+                 context_levels: int = 0, weights_path: str | os.PathLike | None = None) -> None:
         super().__init__()
-        self.encoder = encoder
-        self.feature_info = encoder.feature_info
-        self.decoder = MultiScaleDispDecoder(encoder.feature_info, decoder_channels, uncertainty=uncertainty)
-        self.size_multiple = max(info["reduction"] for info in self.feature_info)
-        self.has_uncertainty = uncertainty
+        if max_disparity < match_reduction:
+            raise ValueError(f"max_disparity: expected >= match_reduction ({match_reduction}) pixels, "
+                             f"got {max_disparity}")
+        self.match_reduction = int(match_reduction)
+        self.max_disparity = int(max_disparity)
+        candidates = self.max_disparity // self.match_reduction + 1
+        self.encoder = StereoEncoder(backbone, match_reduction=self.match_reduction, candidates=candidates,
+                                     weights_path=weights_path)
+        info = self.encoder.backbone_feature_info
+        reductions = [int(i["reduction"]) for i in info]
+        self.match_index = self.encoder.match_index
+        # candidate disparities in full-resolution pixels (the volume samples every r-th)
+        self.register_buffer("candidates", torch.arange(candidates, dtype=torch.float32) * self.match_reduction,
+                             persistent=False)
+        self.register_buffer("rig", torch.tensor(DEFAULT_RIG, dtype=torch.float32))
+        self.match_proj = nn.Conv2d(int(info[self.match_index]["num_chs"]), int(match_channels), 1)
+        # context: the left features at the matching stride and the deeper ones (last of each stride)
+        deeper = sorted({len(reductions) - 1 - reductions[::-1].index(r) for r in reductions
+                         if r > self.match_reduction})
+        context = [self.match_index] + (deeper[:context_levels - 1] if context_levels > 0 else deeper)
+        self.context_index = context
+        self.context_proj = nn.ModuleList(nn.Conv2d(int(info[i]["num_chs"]), aggregation_channels // 2, 1)
+                                          for i in context)
+        self.aggregation = CostAggregation(candidates, [aggregation_channels // 2] * len(context),
+                                           int(aggregation_channels))
+        # refinement strides r/2, ..., 1, guided by the left feature at that stride when the backbone has one
+        self.refine_strides = []
+        stride = self.match_reduction
+        while stride > 1:
+            stride //= 2
+            self.refine_strides.append(stride)
+        self.guide_index = {s: reductions.index(s) for s in self.refine_strides if s in reductions}
+        self.refinements = nn.ModuleList(
+            Refinement(int(info[self.guide_index[s]]["num_chs"]) if s in self.guide_index else 0, int(refine_channels))
+            for s in self.refine_strides)
+        self.has_uncertainty = bool(uncertainty)
+        if self.has_uncertainty:
+            self.sigma_head = nn.Conv2d(int(refine_channels), 1, 3, padding=1)
+            nn.init.zeros_(self.sigma_head.weight)
+            nn.init.zeros_(self.sigma_head.bias)
+        self.feature_info = self.encoder.feature_info
+        self.size_multiple = max(max(reductions), self.match_reduction * 4)
+        self.decoder = nn.ModuleList([self.aggregation, self.refinements])  # the part after the encoder
+
+    @torch.no_grad()
+    def set_rig(self, fx: float, baseline: float, width: int, min_depth: float, max_depth: float) -> None:
+        """Rig of the training data: fx (px) at `width` (px), baseline (m); the depth range (m) of `disp`."""
+        if not (fx > 0 and baseline > 0 and width > 0 and 0 < min_depth < max_depth):
+            raise ValueError(f"set_rig: expected fx, baseline, width > 0 and 0 < min_depth < max_depth, got "
+                             f"{fx}, {baseline}, {width}, {min_depth}, {max_depth}")
+        self.rig.copy_(torch.tensor([fx * baseline / width, min_depth, max_depth]))
+
+    def focal_baseline(self, width: int) -> float:
+        """fx·B (px·m) at an input `width` (px): disparity d px <-> depth fx·B / d m."""
+        return float(self.rig[0]) * width
+
+    def disparity_to_disp(self, disparity: torch.Tensor, width: int) -> torch.Tensor:
+        """Disparity (px at input `width`) -> the sigmoid parametrisation of `geometry.disp_to_depth`."""
+        focal_baseline, min_depth, max_depth = self.rig[0] * width, self.rig[1], self.rig[2]
+        inverse_depth = (disparity / focal_baseline).clamp(min=1.0 / max_depth)
+        return (inverse_depth - 1.0 / max_depth) / (1.0 / min_depth - 1.0 / max_depth)
 
     def forward(self, left: torch.Tensor, right: torch.Tensor, return_features: bool = False) -> dict:
         check_image(left, "left", 3, self.size_multiple)
         check_image(right, "right", 3, self.size_multiple)
         if left.shape != right.shape:
             raise ValueError(f"left {tuple(left.shape)} and right {tuple(right.shape)} must have the same shape")
-        features = self.encoder(left, right)
-        out = self.decoder(features)
+        batch, width = left.shape[0], left.shape[-1]
+        features = self.encoder(torch.cat([left, right], 0))
+        lefts = [f[:batch] for f in features]
+        proj = self.match_proj(features[self.match_index])
+        volume = correlation_volume(proj[:batch], proj[batch:], len(self.candidates))
+        context = [p(lefts[i]) for p, i in zip(self.context_proj, self.context_index)]
+        logits = self.aggregation(volume, context)
+        disparity, spread = soft_argmin(logits, self.candidates)
+        by_stride = {self.match_reduction: disparity}
+        hidden = None
+        for stride, refine in zip(self.refine_strides, self.refinements):
+            size = (left.shape[-2] // stride, width // stride)
+            up = F.interpolate(disparity, size=size, mode="bilinear", align_corners=False)
+            image = F.adaptive_avg_pool2d(left, size) if stride > 1 else left
+            guide = lefts[self.guide_index[stride]] if stride in self.guide_index else None
+            disparity, hidden = refine(up, image, guide, float(self.max_disparity))
+            by_stride[stride] = disparity
+        scales = []
+        for s in range(NUM_SCALES):
+            stride = 2 ** s
+            if stride in by_stride:
+                scales.append(by_stride[stride])
+            else:  # coarser than the volume: pool it
+                coarse = by_stride[self.match_reduction]
+                scales.append(F.avg_pool2d(coarse, stride // self.match_reduction))
+        out = {"disparity": scales, "disp": [self.disparity_to_disp(d, width) for d in scales]}
+        if self.has_uncertainty:
+            # sigma_Z ~ Z * sigma_d / d (first order), from the spread of the matching distribution,
+            # corrected by a learned head (zero at initialisation)
+            focal_baseline = self.rig[0] * width
+            full = torch.maximum(scales[0], focal_baseline / self.rig[2])
+            spread_full = F.interpolate(spread, size=full.shape[-2:], mode="bilinear", align_corners=False)
+            correction = self.sigma_head(hidden) if hidden is not None else 0.0
+            out["log_sigma"] = torch.log(focal_baseline / full) + torch.log(spread_full + 0.25) - torch.log(full) \
+                + correction
         if return_features:
-            out["features"] = features
+            lefts[self.match_index] = torch.cat([lefts[self.match_index], torch.softmax(logits, 1)], 1)
+            out["features"] = lefts
         return out
 
 
 @register_model("stereo_teacher", family="stereo_teacher",
-                description="stereo teacher: shared timm CNN on left/right, correlation volumes, disp + log_sigma")
-def stereo_teacher(*, backbone: str = "resnet34", cost_volume_reductions: Sequence[int] = (4, 8, 16),
-                   max_disparity: int = 192, match_channels: int = 32,
-                   decoder_channels: Sequence[int] = MONODEPTH2_CHANNELS, uncertainty: bool = True,
-                   weights_path: str | os.PathLike | None = None) -> StereoDepthNet:
-    """`max_disparity`: full-resolution pixels searched (192 covers ~1 m at KITTI's 640-wide rig)."""
-    encoder = StereoEncoder(backbone, cost_volume_reductions=cost_volume_reductions, max_disparity=max_disparity,
-                            match_channels=match_channels, weights_path=weights_path)
-    return StereoDepthNet(encoder, decoder_channels, uncertainty=uncertainty)
+                description="stereo teacher: timm CNN on left/right, cost volume, soft-argmin disparity, refinement")
+def stereo_teacher(*, backbone: str = "resnet34", cost_volume_reductions: Sequence[int] = (4,),
+                   max_disparity: int = 192, match_channels: int = 32, aggregation_channels: int = 64,
+                   refine_channels: int = 32, uncertainty: bool = True, context_levels: int = 0,
+                   weights_path: str | os.PathLike | None = None) -> StereoMatchNet:
+    """`max_disparity`: full-resolution pixels searched at the training width (fx·B / nearest depth).
+    The matching stride is the smallest of `cost_volume_reductions`; `context_levels`: backbone strides
+    (from the matching one down) whose left features guide the aggregation, 0 = all."""
+    return StereoMatchNet(backbone, match_reduction=int(min(cost_volume_reductions)), max_disparity=max_disparity,
+                          match_channels=match_channels, aggregation_channels=aggregation_channels,
+                          refine_channels=refine_channels, uncertainty=uncertainty, context_levels=context_levels,
+                          weights_path=weights_path)

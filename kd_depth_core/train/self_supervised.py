@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -25,7 +26,13 @@ from torch import nn
 
 from kd_depth_core import geometry
 from kd_depth_core.config import ConfigError, TrainConfig
-from kd_depth_core.losses import multiscale_reprojection_loss, multiscale_smoothness, photometric_error
+from kd_depth_core.losses import (
+    multiscale_reprojection_loss,
+    multiscale_smoothness,
+    photometric_error,
+    stereo_photometric_error,
+)
+from kd_depth_core.losses.proxy import proxy_depth, proxy_loss, proxy_mask
 from kd_depth_core.train.tasks import Task, register_task
 
 log = logging.getLogger("kd_depth_core.train")
@@ -83,6 +90,9 @@ class SelfSupervisedTask(Task):
         pose_kwargs: dict[str, Any] = field(default_factory=dict)
         uncertainty_loss: Literal["laplacian", "gaussian", "none"] = "laplacian"
         uncertainty_weight: float = 1.0
+        proxy_weight: float = 0.0  # SGBM proxy supervision (losses/proxy.py); needs the right image; 0 = off
+        proxy_sgbm: dict[str, Any] = field(default_factory=dict)  # classical.sgbm.SGBMSettings fields
+        proxy_cache_dir: str = ""  # per-frame SGBM cache; "" = <train.out_dir>/proxy_cache
 
     def __init__(self, cfg: TrainConfig, options: Options | None = None) -> None:
         super().__init__(cfg, options)
@@ -119,11 +129,32 @@ class SelfSupervisedTask(Task):
         self.deploy_stereo = self.stereo_input
         self.deploy_has_uncertainty = self.has_uncertainty
         self._rig_checked = False
+        self.proxy = self._proxy_source(cfg) if opt.proxy_weight > 0 else None
+
+    def _proxy_source(self, cfg: TrainConfig):
+        """The SGBM proxy the dataset attaches to each sample (`proxy_weight` > 0)."""
+        from kd_depth_core.classical.proxy_cache import ProxySource
+        from kd_depth_core.classical.sgbm import SGBMSettings
+
+        where = f"{cfg.source}: task.kwargs"
+        if not cfg.data.stereo:
+            raise ConfigError(f"{where}.proxy_weight: SGBM proxy supervision needs the right images; set "
+                              f"data.stereo: true, or task.kwargs.proxy_weight=0")
+        settings = {"min_depth": self.options.min_depth, **self.options.proxy_sgbm}
+        try:
+            sgbm = SGBMSettings(**settings)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{where}.proxy_sgbm: {error}") from None
+        cache = self.options.proxy_cache_dir or str(Path(cfg.train.out_dir) / "proxy_cache")
+        return ProxySource(sgbm, cache)
 
     # ----------------------------------------------------------------------- pieces
     def dataset_options(self) -> dict[str, Any]:
-        """Stereo-only training loads no temporal sources."""
-        return {} if self.use_temporal else {"offsets": ()}
+        """Stereo-only training loads no temporal sources; proxy supervision asks for the SGBM proxy."""
+        options: dict[str, Any] = {} if self.use_temporal else {"offsets": ()}
+        if self.proxy is not None:
+            options["proxy"] = self.proxy
+        return options
 
     def deploy_model(self) -> nn.Module:
         return self.depth_net
@@ -157,10 +188,23 @@ class SelfSupervisedTask(Task):
                 raise ValueError(f"stereo training needs the rig baseline, but the batch has baseline <= 0 "
                                  f"(unknown) for frames {list(keys)[:3]}: set it in the sequence metadata")
             if not self._rig_checked:
-                self._check_initial_disparity(float(batch["K"][0, 0, 0]), float(baseline[0]), target.shape[-1])
+                self._set_rig(float(batch["K"][0, 0, 0]), float(baseline[0]), target.shape[-1])
             images.append(batch["image_right"])
             poses.append(geometry.stereo_pose(baseline))
         return torch.stack(images, 1).float(), torch.stack(poses, 1)
+
+    def _set_rig(self, fx: float, baseline: float, width: int) -> None:
+        """At the first stereo batch: a matching network learns the rig; a sigmoid one is checked."""
+        self._rig_checked = True
+        if hasattr(self.depth_net, "set_rig"):
+            self.depth_net.set_rig(fx, baseline, width, self.options.min_depth, self.options.max_depth)
+            reach = fx * baseline / self.options.min_depth
+            if reach > getattr(self.depth_net, "max_disparity", reach):
+                log.warning("stereo rig fx=%.1f px, baseline=%.3f m: min_depth=%g m is %.0f px of disparity, more "
+                            "than model.kwargs.max_disparity=%d searched", fx, baseline, self.options.min_depth,
+                            reach, self.depth_net.max_disparity)
+            return
+        self._check_initial_disparity(fx, baseline, width)
 
     def _check_initial_disparity(self, fx: float, baseline: float, width: int) -> None:
         """Warn once when the depth range makes the untrained network's stereo disparity implausibly large.
@@ -170,7 +214,6 @@ class SelfSupervisedTask(Task):
         every pixel warps to the wrong place and metric stereo training stalls (the problem that
         Monodepth2's "baseline 0.1, scale 5.4" sidesteps). Raising min_depth fixes it.
         """
-        self._rig_checked = True
         opt = self.options
         disparity = fx * baseline * 0.5 * (1.0 / opt.min_depth + 1.0 / opt.max_depth)
         if disparity > 0.1 * width:
@@ -203,19 +246,46 @@ class SelfSupervisedTask(Task):
                                              reprojection.automask)
                 loss = loss + opt.uncertainty_weight * nll
                 parts["uncertainty_nll"] = nll.detach()
+            if self.proxy is not None:
+                proxy, fraction = self._proxy_loss(batch, disps, reprojection.warped, target, K)
+                loss = loss + opt.proxy_weight * proxy
+                parts["proxy"], parts["proxy_fraction"] = proxy.detach(), fraction
         return {"loss": loss, **parts}
+
+    def _proxy_loss(self, batch: dict[str, Any], disps: list[torch.Tensor], warped: torch.Tensor,
+                    target: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SGBM proxy term (losses/proxy.py) and the fraction of pixels it supervised."""
+        if "proxy_disparity" not in batch:
+            raise ValueError("batch has no 'proxy_disparity': build the dataset with task.dataset_options()")
+        baseline = batch["baseline"].float()
+        hint, confident = proxy_depth(batch["proxy_disparity"].float(), K[:, 0, 0] * baseline)
+        with torch.no_grad():
+            hint_error = stereo_photometric_error(hint, target, batch["image_right"].float(), K, baseline,
+                                                  self.options.ssim_weight)
+            mask = proxy_mask(confident, hint_error, self._best_residual(warped, target))
+        depths = [geometry.disp_to_depth(self._full_resolution(d, target), self.min_depth, self.max_depth)[1]
+                  for d in disps]
+        return proxy_loss(depths, hint, mask), mask.float().mean()
+
+    @staticmethod
+    def _full_resolution(disp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if disp.shape[-2:] == target.shape[-2:]:
+            return disp
+        return F.interpolate(disp, size=target.shape[-2:], mode="bilinear", align_corners=False)
+
+    def _best_residual(self, warped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-pixel minimum (B,1,H,W) over sources of the photometric error of the warped sources."""
+        batch, num_sources = warped.shape[:2]
+        errors = photometric_error(warped.flatten(0, 1), target.repeat_interleave(num_sources, 0),
+                                   self.options.ssim_weight)
+        return errors.reshape(batch, num_sources, *errors.shape[-2:]).min(1, keepdim=True).values
 
     def _uncertainty_loss(self, log_sigma: torch.Tensor, disp0: torch.Tensor, warped: torch.Tensor,
                           target: torch.Tensor, automask: torch.Tensor) -> torch.Tensor:
         """NLL of the full-resolution residual (best warped source) under sigma = exp(log_sigma)."""
         with torch.no_grad():
-            batch, num_sources = warped.shape[:2]
-            errors = photometric_error(warped.flatten(0, 1), target.repeat_interleave(num_sources, 0),
-                                       self.options.ssim_weight)
-            residual = errors.reshape(batch, num_sources, *errors.shape[-2:]).min(1, keepdim=True).values
-            if disp0.shape[-2:] != target.shape[-2:]:
-                disp0 = F.interpolate(disp0, size=target.shape[-2:], mode="bilinear", align_corners=False)
-            _, depth = geometry.disp_to_depth(disp0, self.min_depth, self.max_depth)
+            residual = self._best_residual(warped, target)
+            _, depth = geometry.disp_to_depth(self._full_resolution(disp0, target), self.min_depth, self.max_depth)
         return photometric_uncertainty_nll(residual, log_sigma, depth, automask, self.options.uncertainty_loss)
 
     @torch.no_grad()

@@ -55,4 +55,5 @@ class SequenceBenchmarkReader(BenchmarkReader):
                 "stamp_ns": int(sequence.stamps_ns[index])}
         if self.right:
             meta["right"] = sequence.load_right(index)
+            meta["baseline"] = sequence.camera.baseline
         return Sample(sequence.load_left(index), sequence.load_depth(index), self._name(item), meta)

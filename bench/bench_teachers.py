@@ -1,0 +1,103 @@
+"""Teachers against the classical and trivial floors, on the same held-out frames, in one table.
+
+Rows: OpenCV SGBM (no learning), the per-pixel mean layout of the test frames (a trivial floor),
+and every model given, as a released file (`--model`) or as a training run's checkpoints
+(`--run DIR --steps 150,300`: each checkpoint is exported next to it as `model_step<N>.safetensors`
+with the run's own metadata). Every row uses `kd-depth evaluate`'s code path and protocol
+(`sequence`, metric, no median scaling, 80 m cap, every `--stride`-th test frame).
+
+    python bench/bench_teachers.py --data demo_output/synth/street --run runs/teacher_stereo --steps 300,450
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def export_checkpoint(run: Path, step: int, model_kwargs: dict | None = None) -> Path:
+    """`<run>/model_step<step>.safetensors` from `<run>/checkpoints/step_<step>.pt` (built once)."""
+    import torch
+
+    from kd_depth_core.config import TrainConfig, config_from_dict
+    from kd_depth_core.models.io import save_model
+    from kd_depth_core.train.checkpoint import checkpoint_path, load_checkpoint
+    from kd_depth_core.train.tasks import create_task
+
+    out = run / f"model_step{step}.safetensors"
+    if out.is_file():
+        return out
+    state = load_checkpoint(checkpoint_path(run, step))
+    config = state["config"]
+    config["model"]["kwargs"].update(model_kwargs or {})
+    cfg = config_from_dict(TrainConfig, config, str(run / "config.yaml"))
+    task = create_task(cfg.task.name, cfg)
+    task.load_state_dict(state["task"])
+    from kd_depth_core.data.sequence import Sequence, read_split
+
+    first = Sequence(Path(cfg.data.root) / read_split(cfg.data.root, cfg.data.split)[0])
+    focal = float(first.camera.scaled(cfg.data.size[1], cfg.data.size[0]).K[0, 0])
+    with torch.no_grad():
+        save_model(out, task.deploy_model().eval(), task.deploy_metadata(focal_length_px=focal))
+    return out
+
+
+def mean_layout_row(samples) -> tuple[str, dict]:
+    """The per-pixel mean inverse depth of the test frames, predicted for every frame."""
+    from kd_depth_core.eval.evaluate import evaluate
+    from kd_depth_core.eval.protocols import get_protocol
+
+    inverse = [np.where(s[1] > 0, 1.0 / np.maximum(s[1], 1e-3), np.nan) for s in samples]
+    layout = 1.0 / np.nan_to_num(np.nanmean(np.stack(inverse), 0), nan=1.0 / 80.0)
+    result = evaluate(lambda image: layout, samples, get_protocol("sequence", median_scaling=False, max_depth=80.0),
+                      label="mean layout", progress=False)
+    return "mean layout (trivial floor)", result.mean
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--model", action="append", type=Path, default=[])
+    parser.add_argument("--run", action="append", type=Path, default=[])
+    parser.add_argument("--steps", action="append", default=[], help="checkpoint steps per --run, e.g. 150,300")
+    parser.add_argument("--model-kwarg", action="append", default=[],
+                        help="key=int for checkpoints of runs made before a model option existed")
+    parser.add_argument("--stride", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=120)
+    args = parser.parse_args()
+
+    from kd_depth_core.data.benchmarks import open_benchmark
+    from kd_depth_core.eval.evaluate import accepts_keyword, evaluate
+    from kd_depth_core.eval.evaluate_cli import SGBM_LABEL, load_predict_fn
+    from kd_depth_core.eval.protocols import get_protocol
+
+    print(f"load average {os.getloadavg()[0]:.2f}, {time.strftime('%Y-%m-%d %H:%M')}", file=sys.stderr)
+    models: list[tuple[str, Path]] = [(SGBM_LABEL, Path("sgbm"))] + [(m.stem, m) for m in args.model]
+    for run, steps in zip(args.run, args.steps + [""] * len(args.run)):
+        for step in [int(s) for s in steps.split(",") if s]:
+            extra = {k: int(v) for k, v in (item.split("=", 1) for item in args.model_kwarg)}
+            models.append((f"{run.name} step {step}", export_checkpoint(run, step, extra)))
+        if (run / "model.safetensors").is_file():
+            models.append((f"{run.name} final", run / "model.safetensors"))
+    mono = open_benchmark("sequence", args.data, split="test", stride=args.stride, limit=args.limit)
+    stereo = open_benchmark("sequence", args.data, split="test", stride=args.stride, limit=args.limit, right=True)
+    protocol = get_protocol("sequence", median_scaling=False, max_depth=80.0)
+    options = argparse.Namespace(device="cpu", scale_mode="auto", sgbm_min_depth=2.0, max_depth=80.0)
+    rows = [mean_layout_row(list(mono))]
+    for label, path in models:
+        predict_fn, _ = load_predict_fn(path, options)
+        samples = stereo if accepts_keyword(predict_fn, "right") else mono
+        result = evaluate(predict_fn, samples, protocol, label=label, progress=False)
+        rows.append((label, result.mean))
+    print("| model | AbsRel | RMSE (m) | δ1 | images |\n|---|---:|---:|---:|---:|")
+    for label, mean in rows:
+        print(f"| {label} | {mean['abs_rel']:.3f} | {mean['rmse']:.2f} | {mean['a1']:.3f} | {int(mean['num_images'])} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

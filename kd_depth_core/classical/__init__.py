@@ -1,0 +1,1 @@
+"""Classical stereo (no learning): OpenCV SGBM proxies and baseline."""

@@ -1,0 +1,93 @@
+"""Per-frame cache of SGBM proxy disparities, shared by DataLoader workers and DDP ranks.
+
+One file per frame: ``<cache_dir>/<sequence>/<index:06d>-<key>.npy``, float16 disparity (H,W) in
+pixels at the training resolution, 0 = not confident. ``key`` digests everything the proxy
+depends on: the SGBM settings, the training size, the rig, and the size and modification time of
+the left and right image files, so a changed setting or a touched image misses (and the stale
+file of that frame is replaced). A file is written under a temporary name and renamed into place,
+so concurrent writers of the same entry (workers, ranks) leave one complete file, and a reader
+never sees a half-written one. Hits are memory-mapped (``np.load(mmap_mode='r')``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from kd_depth_core.classical.sgbm import SGBMSettings, sgbm_disparity
+
+
+class ProxySource:
+    """Computes (or reads back) the SGBM proxy of a dataset frame. Picklable (DataLoader workers).
+
+    Args:
+        settings: the matcher's settings.
+        cache_dir: folder of the cache; "" = compute every time (no cache).
+    """
+
+    def __init__(self, settings: SGBMSettings | None = None, cache_dir: str | os.PathLike = "") -> None:
+        self.settings = settings or SGBMSettings()
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.computed = 0  # SGBM runs in this process (tests, stats)
+        self.hits = 0
+
+    def key(self, left_path: Path, right_path: Path, size: tuple[int, int], fx: float, baseline: float) -> str:
+        stats = [(os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in (left_path, right_path)]
+        text = f"{self.settings.fingerprint()}|{size}|{fx:.6f}|{baseline:.6f}|{stats}"
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+    def path(self, sequence: str, index: int, key: str) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / sequence / f"{index:06d}-{key}.npy"
+
+    def get(self, sequence: str, index: int, left: np.ndarray, right: np.ndarray, left_path: Path,
+            right_path: Path, fx: float, baseline: float) -> np.ndarray:
+        """Proxy disparity (H,W) float32 px for the (already resized, unaugmented) uint8 pair."""
+        size = left.shape[:2]
+        path = None
+        if self.cache_dir is not None:
+            path = self.path(sequence, index, self.key(left_path, right_path, size, fx, baseline))
+            try:
+                stored = np.load(path, mmap_mode="r")
+                if stored.shape == size:
+                    self.hits += 1
+                    return np.asarray(stored, dtype=np.float32)
+            except (OSError, ValueError):
+                pass  # missing, stale or unreadable: recompute
+        disparity, _ = sgbm_disparity(left, right, self.settings, fx=fx, baseline=baseline)
+        self.computed += 1
+        if path is not None:
+            self._store(path, disparity.astype(np.float16))
+        return disparity.astype(np.float16).astype(np.float32)  # the rounding a later hit sees
+
+    @staticmethod
+    def _store(path: Path, data: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(path.name.split("-")[0] + "-*.npy"):
+            if stale != path:
+                stale.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.save(handle, data)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def resize_pair(left: np.ndarray, right: np.ndarray, size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Resize a pair to (H, W) with area interpolation (as the dataset does)."""
+    if size is None or left.shape[:2] == tuple(size):
+        return left, right
+    return tuple(cv2.resize(im, (size[1], size[0]), interpolation=cv2.INTER_AREA) for im in (left, right))

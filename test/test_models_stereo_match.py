@@ -1,0 +1,133 @@
+"""The stereo teacher that matches: soft-argmin over a cost volume, the rig, its training signal."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from kd_depth_core import geometry
+from kd_depth_core.config import TrainConfig, config_from_dict
+from kd_depth_core.data.dataset import SequenceDataset
+from kd_depth_core.data.synthetic.generate import SynthSpec, generate_dataset
+from kd_depth_core.models import create_model
+from kd_depth_core.models.stereo import soft_argmin
+from kd_depth_core.train.tasks import create_task
+
+TINY = {"backbone": "lcnet_050", "max_disparity": 32, "match_channels": 8, "aggregation_channels": 16,
+        "refine_channels": 8}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_soft_argmin_of_a_peaked_volume_is_the_peak_and_its_spread_is_small():
+    candidates = torch.arange(9, dtype=torch.float32) * 4  # 0, 4, ..., 32 px
+    logits = torch.full((1, 9, 2, 3), -30.0)
+    logits[:, 5] = 30.0  # every pixel matches candidate 5 = 20 px
+    mean, std = soft_argmin(logits, candidates)
+    assert torch.allclose(mean, torch.full((1, 1, 2, 3), 20.0)) and float(std.max()) < 1e-3
+    logits = torch.zeros(1, 9, 1, 1)
+    logits[:, 2] = logits[:, 3] = 50.0  # a tie between 8 and 12 px: the expectation is subpixel
+    mean, std = soft_argmin(logits, candidates)
+    assert mean.item() == pytest.approx(10.0) and std.item() == pytest.approx(2.0)
+
+
+class HandMadeVolume(nn.Module):
+    """Stands in for the aggregation: logits that peak at one candidate everywhere."""
+
+    def __init__(self, index: int, candidates: int) -> None:
+        super().__init__()
+        self.index, self.candidates = index, candidates
+
+    def forward(self, volume, context):
+        logits = torch.full((volume.shape[0], self.candidates, *volume.shape[-2:]), -30.0)
+        logits[:, self.index] = 30.0
+        return logits
+
+
+def test_the_network_outputs_the_disparity_of_its_only_cost_minimum_and_the_rig_makes_it_metric():
+    torch.manual_seed(0)
+    model = create_model("stereo_teacher", **TINY).eval()
+    candidates = len(model.candidates)  # 32 / 4 + 1
+    model.aggregation = HandMadeVolume(3, candidates)  # candidate 3 = 12 px
+    model.set_rig(fx=60.0, baseline=0.2, width=64, min_depth=0.5, max_depth=50.0)  # fx·B = 12 px·m
+    left, right = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    out = model(left, right)
+    # refinement starts as the identity (zero residual), so every scale carries the matched 12 px
+    for disparity in out["disparity"]:
+        assert torch.allclose(disparity, torch.full_like(disparity, 12.0), atol=1e-4)
+    _, depth = geometry.disp_to_depth(out["disp"][0], 0.5, 50.0)
+    assert torch.allclose(depth, torch.full_like(depth, 1.0), rtol=1e-4)  # 12 px·m / 12 px
+    # at twice the width, the same match is 24 px: the depth stays 1 m for the same rig
+    model.aggregation = HandMadeVolume(6, candidates)
+    wide = model(torch.rand(1, 3, 64, 128), torch.rand(1, 3, 64, 128))
+    _, depth = geometry.disp_to_depth(wide["disp"][0], 0.5, 50.0)
+    assert torch.allclose(depth, torch.full_like(depth, 1.0), rtol=1e-4)
+
+
+def test_forward_backward_and_the_feature_contract():
+    torch.manual_seed(0)
+    model = create_model("stereo_teacher", **TINY)
+    left, right = torch.rand(2, 3, 64, 96), torch.rand(2, 3, 64, 96)
+    out = model(left, right, return_features=True)
+    assert [tuple(d.shape) for d in out["disparity"]] == [(2, 1, 64 // 2 ** s, 96 // 2 ** s) for s in range(4)]
+    assert out["log_sigma"].shape == (2, 1, 64, 96) and torch.isfinite(out["log_sigma"]).all()
+    assert [f.shape[1] for f in out["features"]] == [i["num_chs"] for i in model.feature_info]
+    assert [64 // f.shape[-2] for f in out["features"]] == [i["reduction"] for i in model.feature_info]
+    (out["disp"][0].mean() + out["log_sigma"].mean()).backward()
+    assert model.encoder.parameters().__next__().grad is not None
+    assert model.match_proj.weight.grad.abs().sum() > 0
+    # the right image matters
+    model.eval()
+    with torch.no_grad():
+        a = model(left, right)["disparity"][0]
+        b = model(left, right.flip(-1))["disparity"][0]
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.slow
+def test_a_short_run_with_the_proxy_lowers_the_disparity_error_against_ground_truth(tmp_path):
+    root = tmp_path / "street"
+    generate_dataset(root, SynthSpec(sequences=2, frames=8, width=128, height=64, seed=4), workers=1, progress=False)
+    cfg = config_from_dict(TrainConfig, {
+        "data": {"root": str(root), "size": [64, 128], "stereo": True, "offsets": [], "batch_size": 4,
+                 "num_workers": 0},
+        "model": {"name": "stereo_teacher", "kwargs": {**TINY, "max_disparity": 48}},
+        "task": {"name": "self_supervised", "kwargs": {"mode": "stereo", "min_depth": 1.0, "max_depth": 80.0,
+                                                       "proxy_weight": 1.0}},
+        "train": {"out_dir": str(tmp_path / "run")},
+    }, "stereo.yaml")
+    torch.manual_seed(0)
+    task = create_task("self_supervised", cfg)
+    dataset = SequenceDataset(root, split=None, offsets=(), size=(64, 128), stereo=True, load_depth=True,
+                              **{k: v for k, v in task.dataset_options().items() if k != "offsets"})
+    batch = {k: (torch.stack([dataset[i][k] for i in range(8)]) if k != "frame_key" else None)
+             for k in dataset[0]}
+
+    def disparity_error() -> float:
+        with torch.no_grad():  # batch statistics: 30 steps are too few for BatchNorm's running averages
+            predicted = task.depth_net(batch["image"], batch["image_right"])["disparity"][0]
+        gt = batch["depth_gt"]
+        valid = (gt > 1.0) & (gt < 80.0)
+        truth = batch["K"][:, 0, 0].view(-1, 1, 1, 1) * batch["baseline"].view(-1, 1, 1, 1) / gt.clamp(min=1e-3)
+        return float((predicted - truth).abs()[valid].mean())
+
+    task._set_rig(float(batch["K"][0, 0, 0]), float(batch["baseline"][0]), 128)
+    before = disparity_error()
+    optimizer = torch.optim.Adam(task.parameters_for("main"), lr=2e-3)
+    for step in range(30):
+        index = torch.arange(4) + 4 * (step % 2)
+        out = task({k: (v[index] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()})
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+    assert out["proxy"] > 0 and 0 < out["proxy_fraction"] <= 1
+    after = disparity_error()
+    assert after < 0.6 * before, (before, after)
+    assert np.isfinite(after)
