@@ -264,12 +264,57 @@ def metres_to_millimetres(depth_m: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- CameraInfo
+_K_NAMES = ("fx", "skew", "cx", "K[3]", "fy", "cy", "K[6]", "K[7]", "K[8]")
+
+
 def camera_matrix(info: CameraInfo) -> np.ndarray:
-    """K (3, 3) float64 from ``CameraInfo.k``; ValueError if it is all zeros (an uncalibrated camera)."""
+    """K (3, 3) float64 from ``CameraInfo.k``, checked: finite, fx > 0 and fy > 0, last row (0, 0, 1), and the
+    principal point inside the image when ``info`` has a size. ValueError naming the entry otherwise (all zeros
+    is an uncalibrated camera)."""
     K = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
-    if K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise ValueError(f"k: expected fx > 0 and fy > 0 (a calibrated camera), got fx={K[0, 0]}, fy={K[1, 1]}")
+    flat = K.reshape(-1)
+    not_finite = np.flatnonzero(~np.isfinite(flat))
+    if not_finite.size:
+        i = int(not_finite[0])
+        raise ValueError(f"k: {_K_NAMES[i]} (k[{i}]) = {flat[i]}: expected finite intrinsics")
+    for name, value in (("fx", K[0, 0]), ("fy", K[1, 1])):
+        if not value > 0:
+            raise ValueError(f"k: {name} = {value:g}: expected fx > 0 and fy > 0 (a calibrated camera)")
+    if not np.array_equal(K[2], [0.0, 0.0, 1.0]):
+        raise ValueError(f"k: last row = {K[2].tolist()}: expected [0, 0, 1]")
+    cx, cy = K[0, 2], K[1, 2]
+    if info.width > 0 and info.height > 0 and not (0 <= cx <= info.width and 0 <= cy <= info.height):
+        raise ValueError(f"k: principal point (cx, cy) = ({cx:g}, {cy:g}): expected inside the "
+                         f"{info.width}x{info.height} image")
     return K
+
+
+def camera_info_for_image(info: CameraInfo, width: int, height: int) -> tuple[CameraInfo, np.ndarray]:
+    """``info`` checked against an image of ``width`` x ``height``: (camera_info at the image's size, its K).
+
+    An empty size (0x0, left by some drivers) is taken as the image's. A declared binning (``binning_x``/
+    ``binning_y`` > 1: the image is the calibrated size divided by it) is applied by scaling K and P to the
+    image. ValueError naming the field otherwise (``width``/``height``, ``k``: see :func:`camera_matrix`).
+    """
+    if info.width == 0 and info.height == 0:
+        info = _with_size(info, width, height)
+    bx, by = max(int(info.binning_x), 1), max(int(info.binning_y), 1)
+    if (info.width // bx, info.height // by) != (width, height):
+        binned = f" / binning {bx}x{by} = {info.width // bx}x{info.height // by}" if (bx, by) != (1, 1) else ""
+        raise ValueError(f"width/height: {info.width}x{info.height}{binned} differs from the image "
+                         f"{width}x{height}")
+    camera_matrix(info)
+    if (bx, by) != (1, 1):
+        info = scale_camera_info(info, width, height)
+    return info, camera_matrix(info)
+
+
+def _with_size(info: CameraInfo, width: int, height: int) -> CameraInfo:
+    out = CameraInfo()
+    out.header, out.distortion_model, out.d, out.k, out.r, out.p = (info.header, info.distortion_model, info.d,
+                                                                     info.k, info.r, info.p)
+    out.width, out.height, out.roi = width, height, info.roi
+    return out
 
 
 def scale_camera_info(info: CameraInfo, width: int, height: int) -> CameraInfo:

@@ -8,13 +8,17 @@
   configure = load the model + create publishers, activate = subscribe + start the thread,
   deactivate = unsubscribe + stop it, cleanup = free the model (and CUDA memory). Outputs
   (depth, scaled camera_info, uncertainty, points, colourised depth) are built by
-  :meth:`DepthNodeBase.publish_depth`; diagnostics, the QoS-mismatch warning and the "nothing
-  arrived" warning run on one timer.
+  :meth:`DepthNodeBase.publish_depth`; diagnostics, the QoS-mismatch warning, the "nothing
+  arrived" warning and the worker's supervision run on one timer.
+- Failures: every per-frame failure ends in :meth:`DepthNodeBase.frame_failed` (counted by kind, see
+  :data:`FAILURE_KINDS`, logged throttled, reflected in ``/diagnostics``); a bad frame never stops the
+  thread, and a thread that ends anyway is restarted by the timer.
 - :func:`run_node`: the executables' ``main`` (``--help`` without starting ROS, autostart).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -51,7 +55,11 @@ DEFAULT_STEREO_MODEL_FILE = "default_stereo.safetensors"
 
 # --------------------------------------------------------------------------- the inference thread
 class LatestFrameWorker:
-    """One background thread processing the most recently submitted item."""
+    """One background thread processing the most recently submitted item.
+
+    An exception from ``process`` goes to ``on_error`` and the thread carries on; should the thread end
+    anyway (a ``BaseException``, a failing ``on_error``), :meth:`supervise` restarts it.
+    """
 
     def __init__(self, process: Callable[[Any], None], on_error: Callable[[BaseException], None] | None = None,
                  name: str = "depth-inference"):
@@ -66,14 +74,32 @@ class LatestFrameWorker:
         self._thread: threading.Thread | None = None
         self.dropped = 0
         self.processed = 0
+        self.restarts = 0
+        self.exit_error: BaseException | None = None
 
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             return
         with self._cond:
             self._stop = False
+        self.exit_error = None
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """True while the thread runs or was never started / was stopped (nothing to restart)."""
+        thread = self._thread
+        return thread is None or self._stop or thread.is_alive()
+
+    def supervise(self) -> BaseException | None:
+        """Restart the thread if it ended without :meth:`stop`; returns what ended it (None: nothing to do)."""
+        if self.alive:
+            return None
+        error = self.exit_error or RuntimeError("the thread ended")
+        self.restarts += 1
+        self.start()
+        return error
 
     def submit(self, item: Any) -> bool:
         """Queue ``item``, replacing an unprocessed one (counted in ``dropped``). Returns True if one was replaced."""
@@ -101,6 +127,12 @@ class LatestFrameWorker:
             return self._cond.wait_for(lambda: not self._has_pending and not self._busy, timeout)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # recorded for supervise(); the thread ends
+            self.exit_error = exc
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._has_pending or self._stop)
@@ -118,6 +150,87 @@ class LatestFrameWorker:
                     self._busy = False
                     self.processed += 1
                     self._cond.notify_all()
+
+
+# --------------------------------------------------------------------------- failures and logging
+FAILURE_KINDS = {
+    "bad_encoding": "an image encoding or compressed format the node cannot decode",
+    "bad_image": "a malformed image (step, data size, shape, undecodable bytes)",
+    "no_camera_info": "no camera_info matches the image (stamp tolerance / maximum age)",
+    "bad_camera_info": "a camera_info that fails validation (K not finite, fx/fy <= 0, principal point, size)",
+    "backend_error": "the model backend raised",
+    "out_of_memory": "the model backend ran out of (GPU) memory",
+    "internal_error": "anything else raised while processing a frame",
+    "worker_restart": "the inference thread ended and was restarted",
+}
+"""Kinds of per-frame failure, counted in ``/diagnostics`` as ``failed: <kind>``."""
+
+
+class FrameError(Exception):
+    """A frame that cannot be processed: ``kind`` (a key of :data:`FAILURE_KINDS`), the topic, the reason."""
+
+    def __init__(self, kind: str, topic: str, reason: str):
+        super().__init__(reason)
+        self.kind, self.topic = kind, topic
+
+
+def failure_kind(reason: str) -> str:
+    """Kind of a bad-input reason from its leading field name (``encoding: ...`` -> ``bad_encoding``)."""
+    field_name = reason.split(":", 1)[0].strip()
+    if field_name in ("encoding", "format"):
+        return "bad_encoding"
+    if field_name.startswith("camera_info") or field_name in ("k", "p", "width/height", "binning"):
+        return "bad_camera_info"
+    return "bad_image"
+
+
+class ThrottledLog:
+    """Log at most one message per key and period; each severity is its own rclpy call site.
+
+    rclpy remembers the severity (and filters) of every call site and raises ``ValueError: Logger severity
+    cannot be changed between calls`` when one line logs at another severity, so the three severities
+    below are three separate calls, and throttling is done here rather than with ``throttle_duration_sec``.
+    Messages suppressed in the meantime are counted in the next one.
+    """
+
+    def __init__(self, logger):
+        self._logger = logger
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, key: str, text: str, level: str = "warning", period_s: float = 5.0,
+                 count_suppressed: bool = True) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -math.inf) < period_s:
+                if count_suppressed:
+                    self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return False
+            self._last[key] = now
+            suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            text += f" ({suppressed} more like this since the last message)"
+        if level == "error":
+            self._logger.error(text)
+        elif level == "info":
+            self._logger.info(text)
+        else:
+            self._logger.warning(text)
+        return True
+
+
+def dds_profile_hint() -> str:
+    """The Fast DDS large-data profile and the exact ``export`` line that gives it to the camera's process."""
+    rmw = os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    if "fastrtps" not in rmw:
+        return ""
+    profile = package_file("config", "fastdds_large_data.xml")
+    mine = os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE", "")
+    here = f"this node uses {mine}" if mine else "this node runs without it"
+    return (f" Large images (640x480 and up) do not arrive over Fast DDS without the large-data profile on both "
+            f"the camera's and this node's processes ({here}): export FASTRTPS_DEFAULT_PROFILES_FILE={profile}"
+            " (the launch files set it for the node; see README, 'Large images and Fast DDS').")
 
 
 # --------------------------------------------------------------------------- output masking
@@ -187,6 +300,10 @@ COMMON_SPECS: tuple[ParamSpec, ...] = (
               "CompressedImage on '<image topic>/compressed')", choices=("raw", "compressed"), read_only=True),
     ParamSpec("no_input_warn_s", 5.0, "warn (throttled) when no input arrived for this many seconds",
               min=0.1, max=3600.0),
+    ParamSpec("failure_window_s", 5.0, "/diagnostics is WARN while a frame failed within this many seconds",
+              min=0.1, max=3600.0),
+    ParamSpec("failure_error_s", 5.0, "/diagnostics is ERROR when frames arrive but none was published for this "
+              "many seconds (every one failed)", min=0.1, max=3600.0),
     ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics and of the QoS and input checks (seconds)",
               min=0.05, max=60.0, read_only=True),
     ParamSpec("autostart", True, "configure and activate at start (set false under a lifecycle manager)",
@@ -209,21 +326,29 @@ def check_common(values: dict[str, Any]) -> None:
                              "needs the camera height above the ground, a number in (0, 100] metres")
 
 
+def package_file(folder: str, name: str) -> Path:
+    """``share/kd_depth_ros/<folder>/<name>`` when installed (ament index), else the source tree's ``<folder>/<name>``."""
+    candidates = _package_candidates(folder, name)
+    return next((c for c in candidates if c.is_file()), candidates[-1])
+
+
+def _package_candidates(folder: str, name: str) -> list[Path]:
+    candidates = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory(PACKAGE)) / folder / name)
+    except (ImportError, LookupError, OSError, ValueError):  # not installed, AMENT_PREFIX_PATH unset or empty
+        pass
+    candidates.append(Path(__file__).resolve().parents[1] / folder / name)
+    return candidates
+
+
 def resolve_model_path(model_path: str, default_file: str = DEFAULT_MODEL_FILE) -> Path:
     """``model_path``, or the bundled ``default_file`` when empty (ament index share dir, then the source tree's models/)."""
     if model_path:
         return Path(os.path.expanduser(model_path))
-    candidates = []
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
-        try:
-            candidates.append(Path(get_package_share_directory(PACKAGE)) / "models" / default_file)
-        except PackageNotFoundError:
-            pass
-    except ImportError:
-        pass
-    candidates.append(Path(__file__).resolve().parents[1] / "models" / default_file)
+    candidates = _package_candidates("models", default_file)
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -266,6 +391,7 @@ class DepthNodeBase(LifecycleNode):
         super().__init__(node_name, **kwargs)
         self.values = declare(self, self.SPECS, check=self.check_params)
         self.status = DepthNodeStatus(f"{self.get_fully_qualified_name()}: depth")
+        self.log_throttled = ThrottledLog(self.get_logger())
         self.predictor = None
         self.worker: LatestFrameWorker | None = None
         self.pubs: dict[str, Any] = {}
@@ -275,7 +401,6 @@ class DepthNodeBase(LifecycleNode):
         self._depth_out = conversions.ImageBuffer("32FC1")
         self._uncertainty_out = conversions.ImageBuffer("32FC1")
         self._range_mask = RangeMask()
-        self._last_log: dict[str, float] = {}
         self._active_since: float | None = None
         self._warned_frame_id = False
         self.qos_warner = IncompatibleQosWarner(self)
@@ -294,32 +419,43 @@ class DepthNodeBase(LifecycleNode):
         raise NotImplementedError
 
     def process(self, frame: Frame) -> bool:
-        """Decode, predict and publish one frame; False when it was skipped (already logged)."""
+        """Decode, predict and publish one frame; raise :class:`FrameError` (or return False after
+        :meth:`skip_input`) when it cannot be."""
         raise NotImplementedError
 
     def extra_publishers(self, qos: QoSProfile) -> None:
         """Create publishers beyond the common ones (stereo: disparity)."""
 
-    # ------------------------------------------------------------------ logging helpers
-    def log_throttled(self, key: str, text: str, level: str = "warning", period_s: float = 5.0) -> bool:
-        """Log ``text`` unless a message with the same ``key`` was logged less than ``period_s`` ago."""
-        now = time.monotonic()
-        if now - self._last_log.get(key, -1e9) < period_s:
-            return False
-        self._last_log[key] = now
-        getattr(self.get_logger(), level)(text)
-        return True
+    # ------------------------------------------------------------------ failures
+    def frame_failed(self, kind: str, topic: str, reason: str) -> None:
+        """The one place a frame's failure ends: counted by kind, logged (throttled per kind and topic)."""
+        self.status.frame_failed(kind)
+        level = "warning" if kind in ("bad_encoding", "bad_image", "no_camera_info", "bad_camera_info") else "error"
+        what = re.sub(r"\d+", "#", " ".join(reason.split()[:3]))  # throttled per field: "camera_info k: fx"
+        self.log_throttled(f"{kind}:{topic}:{what}", f"skipping a frame on '{topic}' ({kind}): {reason}", level)
 
-    def skip_input(self, topic: str, error: Exception | str) -> None:
-        """A bad message: count it, log it (throttled per reason) and carry on."""
-        self.status.invalid_messages += 1
+    def skip_input(self, topic: str, error: Exception | str, kind: str | None = None) -> None:
+        """A bad message: counted, logged (throttled per kind) and skipped; the kind defaults to the field named."""
         reason = str(error)
-        kind = re.sub(r"\d+", "#", " ".join(reason.split()[:2]))  # e.g. 'camera_info: size', 'step: #'
-        self.log_throttled(f"bad:{topic}:{kind}", f"skipping a message on '{topic}': {reason}")
+        self.frame_failed(kind or failure_kind(reason), topic, reason)
 
     def _on_worker_error(self, exc: BaseException) -> None:
-        self.status.invalid_messages += 1
-        self.log_throttled(f"error:{type(exc).__name__}", f"frame failed: {type(exc).__name__}: {exc}", "error")
+        """What ``process`` raised: a :class:`FrameError` by its kind, anything else as internal_error."""
+        if isinstance(exc, FrameError):
+            self.frame_failed(exc.kind, exc.topic, str(exc))
+        else:
+            self.frame_failed("internal_error", self.input_topic(), f"{type(exc).__name__}: {exc}")
+
+    def input_topic(self) -> str:
+        """The first input's resolved name (for log lines)."""
+        return self.subs[0].topic_name if self.subs else "input"
+
+    def transport_topic(self, base: str) -> str:
+        """The topic an image subscription uses: ``base``, or with ``image_transport: compressed`` the remapped
+        base name + ``/compressed`` (image_transport's convention: remapping the base moves it)."""
+        if self.values["image_transport"] != "compressed":
+            return base
+        return self.resolve_topic_name(base) + "/compressed"
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -357,6 +493,7 @@ class DepthNodeBase(LifecycleNode):
         }
         self.extra_publishers(qos)
         self.worker = LatestFrameWorker(self._process_timed, self._on_worker_error)
+        self.status.worker_alive = True
         self.get_logger().info(f"configured: {predictor.describe()}")
         return super().on_configure(state)
 
@@ -415,7 +552,10 @@ class DepthNodeBase(LifecycleNode):
     def _on_timer(self) -> None:
         now = time.monotonic()
         if self.worker is not None:
+            self._supervise(self.worker)
             self.status.dropped_frames = self.worker.dropped
+        self.status.failure_window_s = self.values["failure_window_s"]
+        self.status.failure_error_s = self.values["failure_error_s"]
         self._diagnostics_pub.publish(self.status.to_msg(self.get_clock().now().to_msg(), now))
         if self._active_since is None:
             return
@@ -423,41 +563,71 @@ class DepthNodeBase(LifecycleNode):
         since = self.status.input_rate.seconds_since_last(now)
         quiet_for = now - self._active_since if since is None else since
         if quiet_for > self.values["no_input_warn_s"]:
-            self.log_throttled("no-input", f"no input for {quiet_for:.1f} s: {self.input_summary()}",
-                               period_s=self.values["no_input_warn_s"])
+            self.log_throttled("no-input", f"no input for {quiet_for:.1f} s: {self.input_summary()}"
+                               + dds_profile_hint(), period_s=self.values["no_input_warn_s"],
+                               count_suppressed=False)
+
+    def _supervise(self, worker: LatestFrameWorker) -> None:
+        """Restart the inference thread if it ended unexpectedly; counted and logged."""
+        self.status.worker_alive = worker.alive
+        error = worker.supervise()
+        if error is None:
+            return
+        self.status.worker_restarts = worker.restarts
+        self.status.worker_alive = worker.alive
+        self.status.frame_failed("worker_restart")
+        self.log_throttled("worker_restart", f"the inference thread ended ({type(error).__name__}: {error}); "
+                           f"restarted ({worker.restarts} restart(s) so far)", "error")
 
     # ------------------------------------------------------------------ per frame
     def _process_timed(self, frame: Frame) -> None:
         self.status.queue_wait.add(time.monotonic() - frame.received)
-        published = self.process(frame)
+        try:
+            published = self.process(frame)
+        except Exception as exc:  # the one place a frame's failure is caught (FrameError or anything else)
+            self._on_worker_error(exc)
+            return
         if published:
+            self.status.frame_ok()
             self.status.output_rate.tick()
             self.status.latency.add(time.monotonic() - frame.received)
 
     def predict_timed(self, run: Callable[[], Any]) -> Any:
+        """``run()`` timed; what it raises becomes a :class:`FrameError` (backend_error / out_of_memory)."""
         start = time.monotonic()
-        result = run()
+        try:
+            result = run()
+        except Exception as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            if "OutOfMemory" in type(exc).__name__ or "out of memory" in str(exc).lower():
+                if self.status.device.startswith("cuda"):
+                    import torch
+
+                    torch.cuda.empty_cache()
+                raise FrameError("out_of_memory", self.input_topic(), text) from exc
+            raise FrameError("backend_error", self.input_topic(), text) from exc
         self.status.inference.add(time.monotonic() - start)
         return result
 
     def camera_for(self, topic: str, info: CameraInfo | None, height: int, width: int
                    ) -> tuple[CameraInfo, np.ndarray] | None:
-        """(camera_info at the image size, K) or None after logging why the frame is skipped."""
-        if info is None:
-            self.skip_input(topic, "camera_info: none received yet for this camera; the frame is skipped "
-                            "(publish a CameraInfo with each image)")
-            return None
-        if info.width == 0 and info.height == 0:  # some drivers leave the size empty
-            info = _with_size(info, width, height)
-        if (info.width, info.height) != (width, height):
-            self.skip_input(topic, f"camera_info: size {info.width}x{info.height} differs from the image "
-                            f"{width}x{height}; the frame is skipped")
-            return None
+        """(camera_info at the image size, K), or None after :meth:`skip_input` (missing or invalid camera_info)."""
         try:
-            return info, conversions.camera_matrix(info)
-        except ValueError as exc:
-            self.skip_input(topic, exc)
+            return self.checked_camera(topic, info, height, width)
+        except FrameError as exc:
+            self.skip_input(exc.topic, exc, exc.kind)
             return None
+
+    def checked_camera(self, topic: str, info: CameraInfo | None, height: int, width: int
+                       ) -> tuple[CameraInfo, np.ndarray]:
+        """(camera_info at the image size, K); :class:`FrameError` naming the field when missing or invalid."""
+        if info is None:
+            raise FrameError("no_camera_info", topic, "camera_info: none received yet for this camera; the frame "
+                             "is skipped (publish a CameraInfo with each image)")
+        try:
+            return conversions.camera_info_for_image(info, width, height)
+        except ValueError as exc:
+            raise FrameError("bad_camera_info", topic, f"camera_info {exc}; the frame is skipped") from exc
 
     def _wanted(self, output: str) -> bool:
         """Whether an optional output has a subscriber: uncertainty, clouds and previews are built on demand."""
@@ -504,14 +674,6 @@ class DepthNodeBase(LifecycleNode):
             colors = colorize_depth(depth, values["min_depth"], values["max_depth"])
             self.pubs["colorized"].publish(conversions.numpy_to_image(colors, "rgb8", header))
         return depth, out_info
-
-
-def _with_size(info: CameraInfo, width: int, height: int) -> CameraInfo:
-    out = CameraInfo()
-    out.header, out.distortion_model, out.d, out.k, out.r, out.p = (info.header, info.distortion_model, info.d,
-                                                                     info.k, info.r, info.p)
-    out.width, out.height, out.roi = width, height, info.roi
-    return out
 
 
 # --------------------------------------------------------------------------- executables

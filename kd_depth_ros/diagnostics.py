@@ -3,8 +3,10 @@
 A small stand-in for ``diagnostic_updater`` (not installable everywhere): :class:`RateMeter` and
 :class:`LatencyWindow` collect numbers (thread-safe: the inference thread writes, a timer reads),
 :class:`DepthNodeStatus` turns them into one ``DiagnosticStatus`` with a level:
-OK; WARN when no input arrived for ``stale_after_s`` or frames are being dropped; ERROR when the
-model is not loaded.
+ERROR when the model is not loaded, the inference thread is not running, or frames arrive but every
+one failed for ``failure_error_s``; WARN when no input arrived for ``stale_after_s``, a frame failed
+within the last ``failure_window_s`` (failures are counted by kind: ``bad_encoding``,
+``bad_camera_info``, ``backend_error``, ...) or frames are being dropped; OK otherwise.
 """
 from __future__ import annotations
 
@@ -77,9 +79,12 @@ class LatencyWindow:
 class DepthNodeStatus:
     """Everything a depth node reports; ``to_msg(stamp)`` builds the DiagnosticArray."""
 
-    def __init__(self, name: str, stale_after_s: float = 5.0):
+    def __init__(self, name: str, stale_after_s: float = 5.0, failure_window_s: float = 5.0,
+                 failure_error_s: float = 5.0):
         self.name = name
         self.stale_after_s = stale_after_s
+        self.failure_window_s = failure_window_s
+        self.failure_error_s = failure_error_s
         self.input_rate = RateMeter()
         self.output_rate = RateMeter()
         self.inference = LatencyWindow()
@@ -88,20 +93,71 @@ class DepthNodeStatus:
         self.device = "unknown"
         self.model = ""
         self.model_loaded = False
+        self.worker_alive = True
+        self.worker_restarts = 0
         self.extra: dict[str, str] = {}
-        self.invalid_messages = 0
+        self.failures: dict[str, int] = {}  # kind -> frames failed since start
         self.dropped_frames = 0
         self.dropped_pairs = 0
         self._dropped_reported = 0
+        self._recent: deque[tuple[float, str]] = deque()  # (time, kind) within failure_window_s
+        self._failing_since: float | None = None  # first failure after the last published frame
+        self._lock = threading.Lock()
+
+    @property
+    def invalid_messages(self) -> int:
+        """Frames that failed, all kinds together."""
+        return sum(self.failure_counts().values())
+
+    def failure_counts(self) -> dict[str, int]:
+        """kind -> frames failed since start (a copy)."""
+        with self._lock:
+            return dict(self.failures)
+
+    def frame_failed(self, kind: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self.failures[kind] = self.failures.get(kind, 0) + 1
+            self._recent.append((now, kind))
+            if self._failing_since is None:
+                self._failing_since = now
+
+    def frame_ok(self) -> None:
+        """A frame was published: ends a run of failures."""
+        with self._lock:
+            self._failing_since = None
+
+    def recent_failures(self, now: float | None = None) -> dict[str, int]:
+        """kind -> failures within the last ``failure_window_s``."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            while self._recent and self._recent[0][0] < now - self.failure_window_s:
+                self._recent.popleft()
+            counts: dict[str, int] = {}
+            for _, kind in self._recent:
+                counts[kind] = counts.get(kind, 0) + 1
+            return counts
 
     def level_and_message(self, now: float | None = None) -> tuple[int, str]:
+        now = time.monotonic() if now is None else now
         if not self.model_loaded:
             return DiagnosticStatus.ERROR, "model not loaded (node not configured)"
+        if not self.worker_alive:
+            return DiagnosticStatus.ERROR, "the inference thread is not running (being restarted)"
         since = self.input_rate.seconds_since_last(now)
         if since is None:
             return DiagnosticStatus.WARN, "no input received yet"
         if since > self.stale_after_s:
             return DiagnosticStatus.WARN, f"no input for {since:.1f} s"
+        recent = self.recent_failures(now)
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(recent.items()))
+        failing_since = self._failing_since
+        if failing_since is not None and now - failing_since >= self.failure_error_s:
+            return DiagnosticStatus.ERROR, f"no frame published for {now - failing_since:.1f} s: every frame " \
+                                           f"failed ({kinds or 'see the log'})"
+        if recent:
+            return DiagnosticStatus.WARN, f"{sum(recent.values())} frame(s) failed in the last " \
+                                          f"{self.failure_window_s:g} s ({kinds})"
         if self.dropped_frames > self._dropped_reported:
             self._dropped_reported = self.dropped_frames
             return DiagnosticStatus.WARN, "dropping frames: the model is slower than the input rate"
@@ -110,6 +166,7 @@ class DepthNodeStatus:
     def to_msg(self, stamp, now: float | None = None) -> DiagnosticArray:
         """``stamp`` is a builtin_interfaces Time (the node clock's now)."""
         level, message = self.level_and_message(now)
+        failures = self.failure_counts()
         values = {
             "input rate (Hz)": f"{self.input_rate.rate(now):.2f}",
             "output rate (Hz)": f"{self.output_rate.rate(now):.2f}",
@@ -121,7 +178,9 @@ class DepthNodeStatus:
             "frames published": str(self.output_rate.count),
             "frames dropped": str(self.dropped_frames),
             "stereo pairs dropped": str(self.dropped_pairs),
-            "invalid messages": str(self.invalid_messages),
+            "invalid messages": str(sum(failures.values())),
+            **{f"failed: {kind}": str(n) for kind, n in sorted(failures.items())},
+            "inference thread restarts": str(self.worker_restarts),
             "device": self.device,
             "model": self.model,
             **self.extra,

@@ -1,7 +1,9 @@
 """``mono_depth_node``: metric depth, uncertainty and a point cloud from one camera.
 
-Subscribes ``image`` (or ``image/compressed`` with ``image_transport: compressed``) and
-``camera_info``; publishes ``depth`` (32FC1 metres, NaN invalid, the input header),
+Subscribes ``image`` (or, with ``image_transport: compressed``, ``<remapped image>/compressed``) and
+``camera_info`` (each image is paired with the camera_info of its stamp, within
+``camera_info_tolerance_s``, or else the latest one at most ``camera_info_max_age_s`` older; frames
+without one are skipped and counted); publishes ``depth`` (32FC1 metres, NaN invalid, the input header),
 ``depth/camera_info`` (scaled to the depth size), ``uncertainty``, ``points``, optionally
 ``depth/colorized``, and ``/diagnostics``. A lifecycle node: configure loads the model, activate
 subscribes, deactivate/cleanup stop and free; ``autostart`` (default true) does both at start so
@@ -16,16 +18,32 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from kd_depth_ros import conversions
-from kd_depth_ros.depth_worker import COMMON_SPECS, DepthNodeBase, Frame, Topic, help_epilog, run_node
+from kd_depth_ros.depth_worker import (
+    COMMON_SPECS,
+    DepthNodeBase,
+    Frame,
+    FrameError,
+    Topic,
+    failure_kind,
+    help_epilog,
+    run_node,
+)
 from kd_depth_ros.params import ParamSpec
+from kd_depth_ros.sync import CameraInfoMatcher
 
 NODE_NAME = "mono_depth_node"
 
-SPECS: tuple[ParamSpec, ...] = COMMON_SPECS
+SPECS: tuple[ParamSpec, ...] = COMMON_SPECS + (
+    ParamSpec("camera_info_tolerance_s", 0.01, "an image uses the camera_info whose header stamp is within this "
+              "many seconds of its own", min=0.0, max=10.0),
+    ParamSpec("camera_info_max_age_s", 1.0, "else the latest camera_info at most this many seconds older than the "
+              "image (drivers that publish it rarely); 0 = stamps must match", min=0.0, max=1e6),
+)
 
 SUBSCRIBES = (
     Topic("image", "sensor_msgs/Image", "rgb8, bgr8, rgba8, bgra8, mono8, mono16, 16UC1 (image_transport raw)"),
-    Topic("image/compressed", "sensor_msgs/CompressedImage", "jpeg or png (image_transport compressed)"),
+    Topic("image/compressed", "sensor_msgs/CompressedImage", "jpeg or png (image_transport compressed; follows the "
+          "remapped image topic)"),
     Topic("camera_info", "sensor_msgs/CameraInfo", "intrinsics of 'image' (needed for every frame)"),
 )
 PUBLISHES = (
@@ -47,47 +65,46 @@ class MonoDepthNode(DepthNodeBase):
 
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
-        self._camera_info: CameraInfo | None = None
-        self._infos_received = 0
+        self._infos = CameraInfoMatcher()
 
     def create_inputs(self, qos: QoSProfile) -> None:
-        self._camera_info = None  # never pair new images with a camera_info from before activation
-        compressed = self.values["image_transport"] == "compressed"
-        image_type, image_topic = (CompressedImage, "image/compressed") if compressed else (Image, "image")
+        self._infos.clear()  # never pair new images with a camera_info from before activation
+        image_type = CompressedImage if self.values["image_transport"] == "compressed" else Image
         fix = "Set parameter 'sub_reliability' to match the camera."
-        image_sub = self.create_subscription(image_type, image_topic, self._on_image, qos)
+        image_sub = self.create_subscription(image_type, self.transport_topic("image"), self._on_image, qos)
         info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
         self.subs = [image_sub, info_sub]
         self.qos_warner.watch(image_sub, qos, fix)
         self.qos_warner.watch(info_sub, qos, fix)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg
-        self._infos_received += 1
+        self._infos.add(conversions.header_stamp_ns(msg.header), msg)
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self.status.input_rate.tick()
-        self.worker.submit(Frame((msg,), (self._camera_info,)))
+        self.worker.submit(Frame((msg,), ()))  # the camera_info is matched on the inference thread
 
     def input_summary(self) -> str:
         parts = []
         for sub in self.subs:
             parts.append(f"'{sub.topic_name}' has {self.count_publishers(sub.topic_name)} publisher(s)")
-        return (f"{'; '.join(parts)}; {self.status.input_rate.count} image(s) and {self._infos_received} "
+        return (f"{'; '.join(parts)}; {self.status.input_rate.count} image(s) and {self._infos.received} "
                 "camera_info(s) received. Check the topic remapping, the camera, and 'sub_reliability'.")
 
     def process(self, frame: Frame) -> bool:
-        msg, info = frame.images[0], frame.infos[0]
-        topic = self.subs[0].topic_name if self.subs else "image"
+        msg = frame.images[0]
+        topic, info_topic = (self.subs[0].topic_name, self.subs[1].topic_name) if self.subs else ("image",
+                                                                                               "camera_info")
         try:
             rgb = conversions.image_msg_to_rgb(msg)
         except ValueError as exc:
-            self.skip_input(topic, exc)
-            return False
-        camera = self.camera_for(topic, info, rgb.shape[0], rgb.shape[1])
-        if camera is None:
-            return False
-        info, K = camera
+            raise FrameError(failure_kind(str(exc)), topic, str(exc)) from exc
+        stamp = conversions.header_stamp_ns(msg.header)
+        info, why = self._infos.match(stamp, self.values["camera_info_tolerance_s"],
+                                      self.values["camera_info_max_age_s"])
+        if info is None:
+            raise FrameError("no_camera_info", info_topic, f"camera_info: {why}; the frame is skipped")
+        info, K = self.checked_camera(info_topic, info, rgb.shape[0], rgb.shape[1])
         prediction = self.predict_timed(lambda: self.predictor.predict(rgb, K=K))
         self.publish_depth(msg.header, info, prediction, rgb)
         return True

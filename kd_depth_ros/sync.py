@@ -1,4 +1,5 @@
-"""Pair messages from several streams by header stamp (a small ApproximateTimeSynchronizer).
+"""Pair messages from several streams by header stamp (a small ApproximateTimeSynchronizer), and an
+image with its camera_info (:class:`CameraInfoMatcher`).
 
 ``message_filters`` is not installable everywhere we run, and its approximate policy is more
 than stereo pairing needs. :class:`StampSynchronizer` keeps a bounded queue per stream; when a
@@ -10,6 +11,8 @@ emitted set are dropped and counted per stream. Not thread-safe: call from one c
 from __future__ import annotations
 
 import bisect
+import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -105,3 +108,45 @@ class StampSynchronizer:
             self._stamps[s].clear()
             self._messages[s].clear()
         self._last_emitted_ns = None
+
+
+class CameraInfoMatcher:
+    """The camera_info for an image stamp: the one whose stamp is within a tolerance of the image's, or else
+    (for drivers that publish it rarely) the latest one older than the image by at most a maximum age.
+
+    Keeps the last ``history`` camera_infos by stamp. ``add`` and ``match`` may be called from different
+    threads (subscription callback, inference thread); matching on the inference thread gives a
+    camera_info that arrives just after its image the time the frame waits.
+    """
+
+    def __init__(self, history: int = 32):
+        self._items: deque[tuple[int, Any]] = deque(maxlen=max(1, int(history)))
+        self._lock = threading.Lock()
+        self.received = 0
+
+    def add(self, stamp_ns: int, info: Any) -> None:
+        with self._lock:
+            self._items.append((int(stamp_ns), info))
+            self.received += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def match(self, stamp_ns: int, tolerance_s: float, max_age_s: float) -> tuple[Any | None, str]:
+        """(camera_info, '') or (None, why none fits) for an image stamped ``stamp_ns``."""
+        with self._lock:
+            items = list(self._items)
+        if not items:
+            return None, "none received yet for this camera (publish a CameraInfo with each image)"
+        nearest_ns, nearest = min(items, key=lambda item: abs(item[0] - stamp_ns))
+        if abs(nearest_ns - stamp_ns) <= tolerance_s * 1e9:
+            return nearest, ""
+        older = [item for item in items if item[0] <= stamp_ns]
+        if older:
+            latest_ns, latest = max(older, key=lambda item: item[0])
+            if stamp_ns - latest_ns <= max_age_s * 1e9:
+                return latest, ""
+        return None, (f"none matches the image stamp {stamp_ns / 1e9:.3f} s (nearest: "
+                      f"{(nearest_ns - stamp_ns) / 1e9:+.3f} s; camera_info_tolerance_s = {tolerance_s:g}, "
+                      f"camera_info_max_age_s = {max_age_s:g})")

@@ -6,12 +6,14 @@ installed, ``python -m <module>`` with the repository on PYTHONPATH. ``RosHarnes
 the test process with its own context, publishers and recording subscribers. test/conftest.py gives
 every run its own ``ROS_DOMAIN_ID`` on loopback. Known-output models (all weights zero -> the sigmoid
 disparity is 0.5 everywhere) are written in the released format by :func:`write_constant_model`.
+:func:`faulty_node_command` starts a node whose model backend fails on chosen frames (fault injection).
 """
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,7 +35,8 @@ def constant_depth(min_depth: float, max_depth: float) -> float:
 
 def write_constant_model(path: Path, stereo: bool = False, min_depth: float = 1.0, max_depth: float = 3.0,
                          height: int = 64, width: int = 96) -> Path:
-    """A tiny released model whose every weight is zero: depth = constant_depth(min, max), std = exp(0) = 1 m."""
+    """A tiny released model whose every weight is zero: depth = constant_depth(min, max) (the stereo one through
+    its rig), std = exp(0) = 1 m (mono)."""
     import torch
 
     from kd_depth_core.models import create_model
@@ -48,6 +51,10 @@ def write_constant_model(path: Path, stereo: bool = False, min_depth: float = 1.
         for tensor in list(model.parameters()) + list(model.buffers()):
             if tensor.is_floating_point():
                 tensor.zero_()
+    if stereo:  # zero logits: uniform matching, the mean candidate disparity; the rig maps it to the same depth
+        mean = float((torch.arange(len(model.candidates)) * model.match_reduction).float().mean())
+        model.set_rig(fx=constant_depth(min_depth, max_depth) * mean, baseline=1.0, width=width,
+                      min_depth=min_depth, max_depth=max_depth)
     meta = ModelMetadata.from_model(model, input_height=height, input_width=width, min_depth=min_depth,
                                     max_depth=max_depth, scale_kind="metric", focal_length_px=None,
                                     has_uncertainty=True, stereo=stereo)
@@ -59,6 +66,48 @@ def node_command(executable: str) -> list[str]:
     from kd_depth_ros.demo_replay import node_command as find_node
 
     return find_node(executable, NODE_MODULES[executable])
+
+
+BACKEND_FAULT_RGB = (13, 0, 255)
+"""An image whose first pixel has this colour makes the faulty node's backend raise RuntimeError."""
+THREAD_DEATH_RGB = (13, 1, 255)
+"""... raise a BaseException, which ends the inference thread (the node must restart it)."""
+
+
+class InjectedThreadDeath(BaseException):
+    """Not an Exception: nothing per-frame catches it, so the inference thread ends."""
+
+
+def faulty_node_command(executable: str) -> list[str]:
+    """``python -c`` running ``executable`` with its ``DepthPredictor.predict``/``predict_stereo`` failing on the
+    colours above (see :func:`run_faulty_node`)."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import ros_helpers; "
+            f"sys.exit(ros_helpers.run_faulty_node({executable!r}))")
+    return [sys.executable, "-c", code]
+
+
+def run_faulty_node(executable: str) -> int:
+    """``main()`` of ``executable`` with the backend patched to fail on :data:`BACKEND_FAULT_RGB` /
+    :data:`THREAD_DEATH_RGB` images (the first pixel of the image, the left one for stereo)."""
+    import importlib
+
+    from kd_depth_core.inference.predictor import DepthPredictor
+
+    def faulty(method):
+        def run(self, image, *args, **kwargs):
+            first = tuple(int(v) for v in image[0, 0]) if getattr(image, "ndim", 0) == 3 else ()
+            if first == BACKEND_FAULT_RGB:
+                raise RuntimeError("injected backend failure")
+            if first == THREAD_DEATH_RGB:
+                raise InjectedThreadDeath("injected thread death")
+            return method(self, image, *args, **kwargs)
+
+        return run
+
+    DepthPredictor.predict = faulty(DepthPredictor.predict)
+    if hasattr(DepthPredictor, "predict_stereo"):
+        DepthPredictor.predict_stereo = faulty(DepthPredictor.predict_stereo)
+    return importlib.import_module(NODE_MODULES[executable]).main(sys.argv)
 
 
 def _ros_value(value: Any) -> str:
@@ -74,8 +123,8 @@ class NodeProcess:
 
     def __init__(self, executable: str, params_file: Path | None = None, params: dict[str, Any] | None = None,
                  remaps: dict[str, str] | None = None, name: str | None = None, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None):
-        command = node_command(executable) + (extra_args or []) + ["--ros-args"]
+                 env: dict[str, str] | None = None, command: list[str] | None = None):
+        command = (command or node_command(executable)) + (extra_args or []) + ["--ros-args"]
         if params_file is not None:
             command += ["--params-file", str(params_file)]
         for key, value in (params or {}).items():

@@ -164,8 +164,61 @@ def test_camera_info_scaling_by_hand():
     assert conversions.stereo_baseline(scaled) == pytest.approx(0.12)  # baseline does not depend on the size
     with pytest.raises(ValueError, match="^p: right camera_info has P\\[3\\] = 0.0"):
         conversions.stereo_baseline(CameraInfo(p=[500.0] + [0.0] * 11))
-    with pytest.raises(ValueError, match="^k: expected fx > 0"):
+    with pytest.raises(ValueError, match="^k: fx = 0: expected fx > 0 and fy > 0"):
         conversions.camera_matrix(CameraInfo())
+
+
+def _info(width=640, height=480, k=(500.0, 0.0, 320.0, 0.0, 400.0, 240.0, 0.0, 0.0, 1.0), **fields) -> CameraInfo:
+    info = CameraInfo(width=width, height=height, **fields)
+    info.k = list(k)
+    info.p = [k[0], 0.0, k[2], 0.0, 0.0, k[4], k[5], 0.0, 0.0, 0.0, 1.0, 0.0]
+    return info
+
+
+def _with_k(**entries) -> tuple[float, ...]:
+    k = list(_info().k)
+    for index, value in entries.items():
+        k[int(index[1:])] = value
+    return tuple(k)
+
+
+@pytest.mark.parametrize("k, message", [
+    (_with_k(k0=float("nan")), r"^k: fx \(k\[0\]\) = nan: expected finite intrinsics$"),
+    ((float("nan"),) * 9, r"^k: fx \(k\[0\]\) = nan"),
+    (_with_k(k5=float("inf")), r"^k: cy \(k\[5\]\) = inf: expected finite"),
+    (_with_k(k1=float("-inf")), r"^k: skew \(k\[1\]\) = -inf"),
+    (_with_k(k8=float("nan")), r"^k: K\[8\] \(k\[8\]\) = nan"),
+    ((0.0,) * 9, r"^k: fx = 0: expected fx > 0 and fy > 0 \(a calibrated camera\)$"),
+    (_with_k(k4=-400.0), r"^k: fy = -400: expected fx > 0"),
+    (_with_k(k8=0.0), r"^k: last row = \[0.0, 0.0, 0.0\]: expected \[0, 0, 1\]$"),
+    (_with_k(k2=700.0), r"^k: principal point \(cx, cy\) = \(700, 240\): expected inside the 640x480 image$"),
+    (_with_k(k5=-1.0), r"^k: principal point \(cx, cy\) = \(320, -1\)"),
+])
+def test_camera_info_validation_names_the_entry(k, message):
+    with pytest.raises(ValueError, match=message):
+        conversions.camera_matrix(_info(k=k))
+    with pytest.raises(ValueError, match=message):
+        conversions.camera_info_for_image(_info(k=k), 640, 480)
+
+
+def test_camera_info_size_must_match_the_image_or_its_declared_binning():
+    info, K = conversions.camera_info_for_image(_info(), 640, 480)
+    np.testing.assert_array_equal(K, np.reshape(_info().k, (3, 3)))
+    assert (info.width, info.height) == (640, 480)
+    with pytest.raises(ValueError, match="^width/height: 640x480 differs from the image 320x240$"):
+        conversions.camera_info_for_image(_info(), 320, 240)
+    # binning 2x2: the 640x480 calibration describes a 320x240 image, K scaled by 1/2
+    info, K = conversions.camera_info_for_image(_info(binning_x=2, binning_y=2), 320, 240)
+    np.testing.assert_allclose(K, [[250.0, 0.0, 160.0], [0.0, 200.0, 120.0], [0.0, 0.0, 1.0]])
+    assert (info.width, info.height, info.binning_x, info.binning_y) == (320, 240, 0, 0)
+    with pytest.raises(ValueError, match="^width/height: 640x480 / binning 2x1 = 320x480 differs from the image "
+                                         "320x240$"):
+        conversions.camera_info_for_image(_info(binning_x=2, binning_y=1), 320, 240)
+    info, K = conversions.camera_info_for_image(_info(width=0, height=0), 640, 480)  # size left empty
+    assert (info.width, info.height) == (640, 480) and K[0, 0] == 500.0
+    with pytest.raises(ValueError, match=r"^k: principal point \(cx, cy\) = \(320, 240\): expected inside the "
+                                         "100x100 image"):
+        conversions.camera_info_for_image(_info(width=0, height=0), 100, 100)  # size taken from the image
 
 
 def _field(msg, name):

@@ -218,7 +218,7 @@ def rgb_frame(stamp_ns: int) -> Image:
 
 def send(harness, info_pub, image_pub, image_msg, stamp_ns: int | None = None, with_info: bool = True) -> None:
     if with_info:
-        info_pub.publish(camera_info(stamp_ns or 0, FRAME, W, H, FX, FY, CX, CY))
+        info_pub.publish(camera_info(stamp_ns or 0, FRAME, W, H, FX, FY, CX, CY))  # matched by stamp
         harness.spin(0.05)  # the camera_info is in before the image
     image_pub.publish(image_msg)
 
@@ -231,6 +231,7 @@ def test_node_warns_without_input_and_skips_frames_without_camera_info(mono):
     node, harness, image_pub, info_pub, received = mono
     assert node.wait_for_log("no input for", MESSAGE_S), node.log()
     assert "/test_cam/image' has 1 publisher(s)" in node.log()
+    assert f"export FASTRTPS_DEFAULT_PROFILES_FILE={DDS_ENV['FASTRTPS_DEFAULT_PROFILES_FILE']}" in node.log()
     stamp = 1_000_000_000
     send(harness, info_pub, image_pub, rgb_frame(stamp), with_info=False)
     assert node.wait_for_log("camera_info: none received yet", MESSAGE_S), node.log()
@@ -289,10 +290,10 @@ def test_bad_messages_are_logged_and_skipped_and_the_next_good_frame_is_publishe
         assert node.wait_for_log(text, MESSAGE_S), f"{text!r} not logged:\n{node.log()}"
         assert node.running()
     mismatched = rgb_frame(3_400_000_000)
-    info_pub.publish(camera_info(0, FRAME, 2 * W, 2 * H, FX, FY, CX, CY))  # a camera_info of another size
+    info_pub.publish(camera_info(3_400_000_000, FRAME, 2 * W, 2 * H, FX, FY, CX, CY))  # of another size
     harness.spin(0.05)
     image_pub.publish(mismatched)
-    assert node.wait_for_log(f"camera_info: size {2 * W}x{2 * H} differs from the image {W}x{H}", MESSAGE_S)
+    assert node.wait_for_log(f"camera_info width/height: {2 * W}x{2 * H} differs from the image {W}x{H}", MESSAGE_S)
     bad_stamps.append(3_400_000_000)
     send(harness, info_pub, image_pub, good, 3_000_000_000)
     assert harness.wait(lambda: 3_000_000_000 in stamps(received["depth"]), MESSAGE_S), node.log()
