@@ -301,7 +301,7 @@ def warp(source_image: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, T_sou
     grid = pixels_to_grid(uv, height, width)
     warped = F.grid_sample(source_image, grid, mode="bilinear", padding_mode=padding_mode,
                            align_corners=GRID_ALIGN_CORNERS)
-    inside = (grid.abs() <= 1.0).all(-1)  # (B,H,W)
+    inside = (grid.abs() <= 1.0 + 1e-5).all(-1)  # (B,H,W); the tolerance keeps border pixels after rounding
     valid = (inside & (z.reshape(-1, height, width) > 1e-3)).unsqueeze(1).to(source_image.dtype)
     return warped, valid
 
