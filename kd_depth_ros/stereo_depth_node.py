@@ -3,7 +3,8 @@
 Subscribes ``left/image_rect``, ``right/image_rect`` (``.../compressed`` with ``image_transport:
 compressed``), ``left/camera_info`` and ``right/camera_info``, paired by header stamp within
 ``sync_slop_s`` (bounded queues, dropped messages counted in /diagnostics). The baseline comes
-from the right camera's projection matrix, T = -P[3] / P[0]. Publishes for the left view:
+from the right camera's projection matrix, T = -P[3] / P[0]; it scales the metric depth with the focal
+length, (f·T) / (f_train·T_train), when the model records its training baseline. Publishes for the left view:
 ``depth`` (32FC1 metres), ``depth/camera_info``, ``disparity`` (stereo_msgs/DisparityImage,
 Z = f*T/d), ``uncertainty``, ``points``, optional ``depth/colorized`` and ``/diagnostics``.
 Lifecycle and ``autostart`` as in ``mono_depth_node``; ``--help`` works without ROS.
@@ -129,7 +130,8 @@ class StereoDepthNode(DepthNodeBase):
         except ValueError as exc:
             self.skip_input(topics[3], exc)
             return False
-        prediction = self.predict_timed(lambda: self.predictor.predict_stereo(left, right, K=K))
+        # The metric scale is (f·B) / (f_train·B_train) when the model records its training baseline.
+        prediction = self.predict_timed(lambda: self.predictor.predict_stereo(left, right, K=K, baseline=baseline))
         header = frame.images[0].header
         depth, out_info = self.publish_depth(header, info, prediction, left)
         if self.values["publish_disparity"]:

@@ -175,3 +175,40 @@ def test_evaluate_command_on_sequences_writes_table_results_and_panels(tmp_path,
     assert [p.name for p in panels] == ["000_seq_000000.png", "001_seq_000002.png"] and all(map(_is_png, panels))
     assert len(seen_K) == 3 and seen_K[0] == pytest.approx(camera.K)  # the sequence's intrinsics reach the model
 
+
+
+def test_evaluate_command_runs_the_real_predictor_at_model_resolution(tmp_path, capsys, monkeypatch):
+    """No stubs: a released model file -> `kd-depth evaluate` -> DepthPredictor -> evaluate(). The network
+    (test_eval_resize.TwoPlaneNet, 8x16) sees a 5 m | 50 m two-plane scene imaged at 32x64; the command
+    must hand evaluate() the network-resolution depth so the protocol resizes it in disparity."""
+    import sys
+    from pathlib import Path
+
+    from kd_depth_core.models import registry
+    from kd_depth_core.models.io import save_model
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import test_eval_resize as scene
+
+    monkeypatch.setitem(registry._MODELS, scene.MODEL_NAME, registry.ModelEntry(
+        scene.MODEL_NAME, "depth", "two-plane test network", lambda: scene.TwoPlaneNet()))
+    net = registry.create_model(scene.MODEL_NAME)
+    model = save_model(tmp_path / "two_plane.safetensors", net, scene.two_plane_metadata())
+    image, gt = scene.two_plane_scene()
+    camera = CameraModel(scene.IMG_W, scene.IMG_H, np.array([[30.0, 0, 32], [0, 30.0, 16], [0, 0, 1]]))
+    with SequenceWriter(tmp_path / "data" / "seq", camera, has_depth=True) as writer:
+        for i in range(2):
+            writer.add_frame(i + 1, image, depth=gt)
+    write_splits(tmp_path / "data", {"test": ["seq"]})
+    args = _parse(evaluate_cli, ["--model", str(model), "--data", str(tmp_path / "data"), "--protocol", "sequence",
+                                 "--out", str(tmp_path / "out"), "--no-progress", "--device", "cpu"])
+    predict_fn, metric = evaluate_cli.load_predict_fn(model, args)
+    assert metric and predict_fn(image).depth.shape == (scene.NET_H, scene.NET_W)  # the network's resolution
+    assert evaluate_cli.run(args) == 0
+    assert "(no median scaling)" in capsys.readouterr().out  # a metric model
+    results = read_json(tmp_path / "out" / "results.json")
+    by_disparity, by_depth = scene.reference_scores(get_protocol("sequence", median_scaling=False))
+    for name in ("abs_rel", "sq_rel", "rmse", "a1"):
+        assert results["mean"][name] == pytest.approx(by_disparity[name], rel=1e-4, abs=1e-6), name
+    assert results["mean"]["abs_rel"] != pytest.approx(by_depth["abs_rel"], rel=0.05)
+    assert results["num_images"] == 2

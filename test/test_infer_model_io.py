@@ -146,6 +146,21 @@ def test_missing_unknown_and_future_metadata_fields_are_named(tiny, tmp_path):
         ModelMetadata.from_dict({**meta.to_dict(), "max_depth": 0.05})
 
 
+def test_training_baseline_round_trips_and_older_files_load_with_it_unknown(tiny, tmp_path):
+    model, meta = tiny
+    assert meta.baseline_m is None  # not given: unknown
+    stereo_meta = ModelMetadata.from_dict({**meta.to_dict(), "baseline_m": 0.54})
+    path = save_model(tmp_path / "rig.safetensors", model, stereo_meta)
+    assert read_metadata(path).baseline_m == 0.54 and load_model(path)[1].baseline_m == 0.54
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    older = meta.to_dict()
+    del older["baseline_m"]  # a file written before the field existed
+    assert read_metadata(write_released(tmp_path / "older.safetensors", state, older)).baseline_m is None
+    for bad in (0.0, -0.1, True, "0.5", float("inf")):
+        with pytest.raises(ModelFileError, match="'baseline_m'.*positive number of metres or null"):
+            ModelMetadata.from_dict({**meta.to_dict(), "baseline_m": bad})
+
+
 def test_files_without_metadata_checksum_or_matching_weights(tiny, tmp_path):
     model, meta = tiny
     state = {k: v.contiguous() for k, v in model.state_dict().items()}

@@ -184,6 +184,27 @@ def test_stereo_predictor():
         stereo.predict_stereo(grey(0, 10, 10), grey(0, 10, 12))
 
 
+def test_stereo_metric_scale_follows_the_rig_baseline():
+    """Training rig fx 100 px at the 64-px input, baseline 0.1 m: a rig with the same fx and 0.2 m gives 2× the depth
+    for the same images (the network sees the same disparity); without the rig's or the training baseline, focal only."""
+    meta = metadata(stereo=True, baseline_m=0.1)
+    stereo = DepthPredictor((StereoBrightnessNet(), meta), device="cpu")
+    left, right = grey(255, 32, 64), grey(0, 32, 64)
+    K = np.array([[100.0, 0, 32], [0, 100.0, 16], [0, 0, 1]])  # image = network size: fx_run = fx_train
+    same = stereo.predict_stereo(left, right, K=K, baseline=0.1)
+    wide = stereo.predict_stereo(left, right, K=K, baseline=0.2)
+    np.testing.assert_allclose(same.depth, expected_depth(0.5), rtol=1e-4)
+    np.testing.assert_array_equal(wide.depth, 2 * same.depth)
+    assert wide.scale_info.factor == 2.0 and wide.scale_info.extras["baseline_train"] == 0.1
+    wide_default = DepthPredictor((StereoBrightnessNet(), meta), device="cpu", K=K, baseline=0.2)
+    np.testing.assert_array_equal(wide_default.predict_stereo(left, right).depth, wide.depth)
+    assert stereo.predict_stereo(left, right, K=K).scale_info.factor == 1.0  # rig baseline unknown
+    older = DepthPredictor((StereoBrightnessNet(), metadata(stereo=True)), device="cpu")  # no training baseline
+    assert older.predict_stereo(left, right, K=K, baseline=0.2).scale_info.factor == 1.0
+    with pytest.raises(ValueError, match="baseline: expected a positive"):
+        stereo.predict_stereo(left, right, K=K, baseline=0.0)
+
+
 def test_concurrent_predictions_are_independent(predictor):
     values = [0, 64, 128, 192, 255] * 4
     results: dict[int, float] = {}

@@ -20,6 +20,7 @@ from kd_depth_core.inference.scale import (
     fit_plane,
     focal_scale_factor,
     make_scale,
+    metric_scale_factor,
 )
 
 H, W = 96, 128
@@ -35,6 +36,28 @@ def floor_depth(height_m: float, pitch_deg: float = 0.0, wall_m: float = 30.0) -
     floor = n_dot_r > height_m / wall_m
     depth[floor] = height_m / n_dot_r[floor]
     return depth.astype(np.float32)
+
+
+def test_stereo_rig_with_twice_the_training_baseline_gives_twice_the_depth():
+    """depth = f·B/d: the same network output (the same disparity) on a rig with 2B and the same f is 2× deeper."""
+    assert metric_scale_factor(100.0, 100.0, 0.24, 0.12) == 2.0
+    assert metric_scale_factor(150.0, 100.0, 0.06, 0.12) == pytest.approx(0.75)  # (f·B) / (f_train·B_train)
+    assert metric_scale_factor(150.0, 100.0, None, 0.12) == metric_scale_factor(150.0, 100.0, 0.24, None) == 1.5
+    network_depth = np.linspace(1.0, 20.0, 16, dtype=np.float32).reshape(4, 4)
+    scale = make_scale("auto", "metric", 100.0, training_baseline=0.12, stereo=True)
+    same_rig, wide_rig = scale(network_depth, K, baseline=0.12), scale(network_depth, K, baseline=0.24)
+    assert same_rig.factor == 1.0 and wide_rig.factor == 2.0
+    np.testing.assert_array_equal(network_depth * np.float32(wide_rig.factor),
+                                  2 * network_depth * np.float32(same_rig.factor))
+    assert wide_rig.extras["baseline_runtime"] == 0.24 and "baseline 0.24 m / training baseline 0.12 m" in \
+        wide_rig.detail
+    # focal only when a baseline is unknown, or for a monocular model (it reads depth from apparent size)
+    assert scale(network_depth, K).factor == 1.0 and "rig's baseline unknown" in scale(network_depth, K).detail
+    old_file = make_scale("focal", "metric", 100.0, training_baseline=None, stereo=True)(network_depth, K, 0.24)
+    assert old_file.factor == 1.0 and "training baseline" in old_file.detail
+    assert make_scale("auto", "metric", 100.0, training_baseline=0.12)(network_depth, K, baseline=0.24).factor == 1.0
+    with pytest.raises(ValueError, match="runtime baseline"):
+        metric_scale_factor(100.0, 100.0, -0.1, 0.12)
 
 
 def test_focal_factor_is_runtime_over_training_focal():

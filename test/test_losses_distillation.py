@@ -44,6 +44,27 @@ def test_log_depth_loss_hand_values():
     assert float(log_depth_loss(target * 2, target, variance_focus=0.85)) == pytest.approx(0.15 * math.log(2) ** 2)
 
 
+def test_scale_invariant_loss_is_per_image():
+    """Eigen's SILog is per image: two images, each an exact rescale of its target (×2 and ×0.5), have zero
+    scale-invariant loss; pooling mean(e) over the batch would cancel the two scales and give (ln 2)²."""
+    target = torch.rand(2, 1, 4, 6, generator=torch.Generator().manual_seed(0)) * 10 + 1
+    pred = target * torch.tensor([2.0, 0.5]).view(2, 1, 1, 1)
+    assert float(log_depth_loss(pred, target, variance_focus=1.0)) == pytest.approx(0.0, abs=1e-6)
+    e = torch.log(pred) - torch.log(target)
+    pooled = float((e * e).mean() - e.mean() ** 2)
+    assert pooled == pytest.approx(math.log(2) ** 2, rel=1e-5)  # what the batch-pooled mean gives
+    # per image, then averaged: image 0 ×2 (0.15 (ln 2)² at focus 0.85), image 1 exact
+    mixed = pred.clone()
+    mixed[1] = target[1]
+    assert float(log_depth_loss(mixed, target, variance_focus=0.85)) == pytest.approx(0.15 * math.log(2) ** 2 / 2, rel=1e-5)
+    # an image with no weight is left out of the mean (not counted as a zero)
+    weight = torch.ones_like(target)
+    weight[1] = 0
+    assert float(log_depth_loss(mixed, target, weight, variance_focus=0.85)) == pytest.approx(0.15 * math.log(2) ** 2, rel=1e-5)
+    empty = log_depth_loss(pred.requires_grad_(), target, torch.zeros_like(target))
+    assert float(empty.detach()) == 0.0 and empty.requires_grad
+
+
 def test_distillation_zero_when_student_reproduces_teacher_and_grows_with_error():
     teacher = torch.full((2, 1, 16, 32), 7.5)
     disps = student_disps_for(teacher)

@@ -4,9 +4,16 @@
 an object with ``.depth`` / ``.uncertainty`` (the DepthPredictor's result) or a bare depth array is
 accepted too. A ``predict_fn`` with a ``K`` keyword gets the sample's 3x3 intrinsics (``meta['K']``,
 None when unknown or after a centre crop), e.g. ``lambda image, K=None: predictor.predict(image, K=K)``; one with a ``right`` keyword gets
-the sample's right image (``meta['right']``, None when the reader has none): stereo models. Per sample: the protocol's centred input crop (Make3D), prediction, resize to the
-ground truth's size, :func:`~kd_depth_core.eval.metrics.score_image`, and with an uncertainty the
-sparsification/calibration statistics on the same pixels (σ scaled by the same median ratio).
+the sample's right image (``meta['right']``, None when the reader has none): stereo models; one with a
+``baseline`` keyword gets ``meta['baseline']`` (metres, None/0 when unknown). Per sample: the protocol's
+centred input crop (Make3D), prediction, resize to the ground truth's size as the protocol says
+(``Protocol.resize``: bilinear in disparity, or nearest), :func:`~kd_depth_core.eval.metrics.score_image`,
+and with an uncertainty the sparsification/calibration statistics on the same pixels (σ resized
+bilinearly, or nearest, and scaled by the same median ratio).
+
+``predict_fn`` should return depth at the network's resolution (a DepthPredictor built with
+``output='model'``, as ``kd-depth evaluate`` does) so the protocol's resize is the only one; a map
+already at the ground truth's size is scored as it is.
 """
 from __future__ import annotations
 

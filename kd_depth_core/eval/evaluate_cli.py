@@ -78,12 +78,13 @@ def open_samples(args: argparse.Namespace, right: bool = False) -> BenchmarkRead
 
 
 def load_predictor(model_path: Path, args: argparse.Namespace):
-    """The inference engine's DepthPredictor for ``model_path`` (imported lazily)."""
+    """The inference engine's DepthPredictor for ``model_path`` (imported lazily), giving depth at the
+    network's resolution: ``evaluate`` resizes it to the ground truth as the protocol says (in disparity)."""
     if not Path(model_path).is_file():
         raise FileNotFoundError(f"--model: {model_path} does not exist")
     from kd_depth_core.inference.predictor import DepthPredictor
 
-    return DepthPredictor(str(model_path), device=args.device, scale_mode=args.scale_mode)
+    return DepthPredictor(str(model_path), device=args.device, scale_mode=args.scale_mode, output="model")
 
 
 SGBM_LABEL = "OpenCV SGBM (no learning)"
@@ -124,11 +125,11 @@ def load_predict_fn(model_path: Path, args: argparse.Namespace):
     print(predictor.describe(), file=sys.stderr)
     metric = getattr(predictor.metadata, "scale_kind", "relative") == "metric"
     if getattr(predictor.metadata, "stereo", False):
-        def predict_stereo_fn(image, K=None, right=None):
+        def predict_stereo_fn(image, K=None, right=None, baseline=None):
             if right is None:
                 raise ValueError(f"--model {model_path} is a stereo model and these samples have no right image; "
                                  "evaluate it with --protocol sequence on sequences recorded with a right camera")
-            return predictor.predict_stereo(image, right, K=K)
+            return predictor.predict_stereo(image, right, K=K, baseline=baseline or None)  # 0 = unknown
 
         return predict_stereo_fn, metric
 

@@ -2,13 +2,17 @@
 
     predictor = DepthPredictor("model.safetensors", device="auto")
     pred = predictor.predict(image_rgb_uint8, K=K)         # K: 3×3 intrinsics of *this* image
+    pred = predictor.predict_stereo(left, right, K=K, baseline=0.12)  # stereo models; baseline in metres
     pred.depth        # (H, W) float32 metres (size of the input image, or the network's with output='model')
     pred.uncertainty  # (H, W) float32 std of depth in metres, or None
     pred.scale_info   # how depth was scaled (inference/scale.py)
 
 The preprocessing (resize to the network input, scale to [0, 1]) comes from the model's
 metadata and is built once; normalisation and disparity -> depth run inside the backend's
-graph (``inference/export.py``). Threading: ``predict`` keeps no per-call state on the
+graph (``inference/export.py``). With ``output='input'`` depth is resized to the image in
+disparity: 1/depth is interpolated bilinearly and inverted (as the evaluation protocols do), so a
+near/far edge is not smeared into depths neither surface has; the uncertainty map is resized
+bilinearly. Evaluation asks for ``output='model'`` and resizes as its protocol says. Threading: ``predict`` keeps no per-call state on the
 predictor, and the backend call is serialised by a lock, so one thread may predict while
 another prepares the next frame.
 """
@@ -20,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from torch import nn
 
@@ -51,6 +56,25 @@ def _check_K(K: np.ndarray | None, name: str = "K") -> np.ndarray | None:
     return K
 
 
+def _check_baseline(baseline: float | None) -> float | None:
+    if baseline is None:
+        return None
+    if isinstance(baseline, bool) or not (float(baseline) > 0 and np.isfinite(float(baseline))):
+        raise ValueError(f"baseline: expected a positive stereo baseline in metres, got {baseline!r}")
+    return float(baseline)
+
+
+def resize_depth(depth: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize a float32 depth map (metres) to ``height``×``width`` in disparity: bilinear on 1/depth, inverted.
+
+    Non-positive depths are treated as 1e-6 m; NaN stays NaN where it touches the interpolation.
+    """
+    if depth.shape == (height, width):
+        return depth
+    disparity = 1.0 / np.maximum(depth.astype(np.float32, copy=False), np.float32(1e-6))
+    return 1.0 / cv2.resize(disparity, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 class DepthPredictor:
     """Depth from numpy images with a released model (``.safetensors``), an export, or ``(model, metadata)``.
 
@@ -64,6 +88,9 @@ class DepthPredictor:
         scale_mode: 'auto', 'none', 'focal', 'fixed' or 'ground_plane' (``inference/scale.py``);
             or a ready strategy object.
         K: default 3×3 intrinsics (pixels) of the images to come; ``predict(K=...)`` overrides.
+        baseline: default stereo baseline (metres) of the rig to come; ``predict_stereo(baseline=...)``
+            overrides. With the model's training baseline (``ModelMetadata.baseline_m``) it makes the
+            metric scale (fx · B) / (fx_train · B_train) (``inference/scale.py``).
         scale_factor: for 'fixed'. camera_height: metres, for 'ground_plane'.
         input_size: (height, width) to run the network at instead of the metadata's (rounded
             to the size multiple; torch backends only — exports have a fixed size).
@@ -76,7 +103,7 @@ class DepthPredictor:
                  scale_mode: str | ScaleStrategy = "auto", K: np.ndarray | None = None,
                  scale_factor: float | None = None, camera_height: float | None = None,
                  input_size: tuple[int, int] | None = None, bgr: bool = False,
-                 ground_options: dict | None = None) -> None:
+                 ground_options: dict | None = None, baseline: float | None = None) -> None:
         if output not in OUTPUT_RESOLUTIONS:
             raise ValueError(f"output: expected one of {', '.join(OUTPUT_RESOLUTIONS)}, got {output!r}")
         if backend != "auto" and backend not in BACKENDS:
@@ -108,10 +135,12 @@ class DepthPredictor:
         self.output = output
         self.bgr = bool(bgr)
         self.K = _check_K(K)
+        self.baseline = _check_baseline(baseline)
         self.preprocess = Preprocessor(meta.input_height, meta.input_width)
         if isinstance(scale_mode, str):
             self.scale: ScaleStrategy = make_scale(scale_mode, meta.scale_kind, meta.focal_length_px,
                                                    factor=scale_factor, camera_height=camera_height,
+                                                   training_baseline=meta.baseline_m, stereo=meta.stereo,
                                                    **(ground_options or {}))
         else:
             self.scale = scale_mode
@@ -166,8 +195,12 @@ class DepthPredictor:
         return self._finish(self._run(batch), images, self._per_image_K(K, len(images)))
 
     def predict_stereo(self, left: np.ndarray, right: np.ndarray, K: np.ndarray | None = None,
-                       bgr: bool | None = None) -> Prediction:
-        """A rectified stereo pair (same size) -> Prediction for the left view."""
+                       bgr: bool | None = None, baseline: float | None = None) -> Prediction:
+        """A rectified stereo pair (same size) -> Prediction for the left view.
+
+        ``baseline``: the rig's baseline in metres (default: the constructor's); with K and the
+        model's training baseline it enters the metric scale (``inference/scale.py``).
+        """
         if not self.metadata.stereo:
             raise ValueError("this is a monocular model: call predict(image)")
         if np.shape(left)[:2] != np.shape(right)[:2]:
@@ -175,7 +208,8 @@ class DepthPredictor:
                              f"{np.shape(right)}")
         order = self.bgr if bgr is None else bgr
         inputs = (self.preprocess(left, order, "left")[None], self.preprocess(right, order, "right")[None])
-        return self._finish(self._run(*inputs), [left], self._per_image_K(K, 1))[0]
+        rig_baseline = self.baseline if baseline is None else _check_baseline(baseline)
+        return self._finish(self._run(*inputs), [left], self._per_image_K(K, 1), rig_baseline)[0]
 
     def _run(self, *inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         with self._lock:
@@ -192,7 +226,7 @@ class DepthPredictor:
         return [_check_K(k, f"K[{i}]") for i, k in enumerate(Ks)]
 
     def _finish(self, outputs: tuple[np.ndarray, np.ndarray | None], images: list[np.ndarray],
-                Ks: list[np.ndarray | None]) -> list[Prediction]:
+                Ks: list[np.ndarray | None], baseline: float | None = None) -> list[Prediction]:
         depth_batch, uncertainty_batch = outputs
         net_h, net_w = depth_batch.shape[-2:]
         results = []
@@ -200,13 +234,13 @@ class DepthPredictor:
             img_h, img_w = image.shape[:2]
             K_net = None if K is None else scale_intrinsics(K, net_w / img_w, net_h / img_h)
             depth = depth_batch[i, 0]
-            info = self.scale(depth, K_net)
+            info = self.scale(depth, K_net) if baseline is None else self.scale(depth, K_net, baseline=baseline)
             uncertainty = None if uncertainty_batch is None else uncertainty_batch[i, 0]
             if info.factor != 1.0:
                 depth = depth * np.float32(info.factor)
                 uncertainty = None if uncertainty is None else uncertainty * np.float32(info.factor)
             if self.output == "input":
-                depth = resize_map(depth, img_h, img_w)
+                depth = resize_depth(depth, img_h, img_w)
                 uncertainty = None if uncertainty is None else resize_map(uncertainty, img_h, img_w)
             results.append(Prediction(np.ascontiguousarray(depth, dtype=np.float32),
                                       None if uncertainty is None else np.ascontiguousarray(uncertainty, np.float32),

@@ -11,16 +11,22 @@ Modes (``Prediction.scale_info.mode``):
   ``depth_runtime = depth_pred · fx_runtime / fx_train``. ``fx_runtime`` is the runtime fx
   rescaled to the network input width (``fx_image · input_width / image_width``), since
   the image is resized before the network; ``fx_train`` is ``ModelMetadata.focal_length_px``.
-  The same holds for stereo networks trained with a fixed baseline only if the baseline is
-  also unchanged (depth = f·B/d); this module corrects the focal part only.
+  A stereo network reads depth from disparity instead: trained on a rig with focal f_train and
+  baseline B_train it maps a disparity d (pixels at the network input) to Z_pred = f_train·B_train/d,
+  while on a rig with f_run and B_run the truth is Z = f_run·B_run/d, so
+  ``depth_runtime = depth_pred · (fx_runtime · B_runtime) / (fx_train · B_train)``. The baselines
+  (metres) come from the rig (a stereo ``predict_stereo(..., baseline=B)``) and from
+  ``ModelMetadata.baseline_m``; when either is unknown only the focal part is corrected
+  (``ScaleInfo.detail`` says so).
 - ``fixed`` — multiply by a user-given factor (e.g. a relative model calibrated once).
 - ``ground_plane`` — relative models on a robot with a known camera height above a flat floor:
   back-project the lower image region, fit a plane (RANSAC + least squares), and scale by
   ``known_height / estimated_height``. Plane points scale linearly with depth, so a prediction
   off by a factor k gives a plane k times too far from the camera.
 
-Scale strategies are small objects with ``__call__(depth, K) -> ScaleInfo`` working on the
-network-resolution depth and the intrinsics at that resolution.
+Scale strategies are small objects with ``__call__(depth, K, baseline=None) -> ScaleInfo`` working
+on the network-resolution depth, the intrinsics at that resolution and, for stereo rigs, the
+runtime baseline in metres (None when unknown or monocular).
 """
 from __future__ import annotations
 
@@ -53,11 +59,12 @@ class ScaleInfo:
 
 
 class ScaleStrategy(Protocol):
-    """Maps a network-resolution depth (h, w) in metres and K (3×3) at that resolution to a ScaleInfo."""
+    """Maps a network-resolution depth (h, w) in metres, K (3×3) at that resolution and the rig's
+    stereo baseline (metres, or None) to a ScaleInfo."""
 
     mode: str
 
-    def __call__(self, depth: np.ndarray, K: np.ndarray | None) -> ScaleInfo: ...
+    def __call__(self, depth: np.ndarray, K: np.ndarray | None, baseline: float | None = None) -> ScaleInfo: ...
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,7 @@ class NoScale:
     detail: str = ""
     mode: str = "none"
 
-    def __call__(self, depth: np.ndarray, K: np.ndarray | None) -> ScaleInfo:
+    def __call__(self, depth: np.ndarray, K: np.ndarray | None, baseline: float | None = None) -> ScaleInfo:
         return ScaleInfo("none", 1.0, True, self.detail)
 
 
@@ -82,7 +89,7 @@ class FixedScale:
         if not (self.factor > 0 and math.isfinite(self.factor)):
             raise ValueError(f"scale factor: expected a positive number, got {self.factor}")
 
-    def __call__(self, depth: np.ndarray, K: np.ndarray | None) -> ScaleInfo:
+    def __call__(self, depth: np.ndarray, K: np.ndarray | None, baseline: float | None = None) -> ScaleInfo:
         return ScaleInfo("fixed", float(self.factor), True, f"fixed factor {self.factor:g}")
 
 
@@ -94,20 +101,51 @@ def focal_scale_factor(fx_runtime: float, training_fx: float) -> float:
     return float(fx_runtime) / float(training_fx)
 
 
+def metric_scale_factor(fx_runtime: float, training_fx: float, baseline_runtime: float | None = None,
+                        training_baseline: float | None = None) -> float:
+    """The metric factor of a stereo model: ``(fx_runtime · B_runtime) / (training_fx · B_train)``.
+
+    Focal lengths in pixels at the network input width, baselines in metres. With either baseline
+    unknown (None) only the focal part is corrected: ``fx_runtime / training_fx``.
+    """
+    factor = focal_scale_factor(fx_runtime, training_fx)
+    if baseline_runtime is None or training_baseline is None:
+        return factor
+    for name, value in (("runtime baseline", baseline_runtime), ("training baseline", training_baseline)):
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name}: expected a positive number of metres, got {value}")
+    return factor * float(baseline_runtime) / float(training_baseline)
+
+
 @dataclass(frozen=True)
 class FocalScale:
-    """Metric rescaling by runtime fx / training fx; K (at the network resolution) gives runtime fx."""
+    """Metric rescaling by runtime fx / training fx; K (at the network resolution) gives runtime fx.
+
+    For a stereo model (``stereo=True``) with a known ``training_baseline`` (metres), a call with the
+    rig's ``baseline`` rescales by (fx · B) / (fx_train · B_train) instead (see the module docstring).
+    """
 
     training_fx: float
+    training_baseline: float | None = None
+    stereo: bool = False
     mode: str = "focal"
 
-    def __call__(self, depth: np.ndarray, K: np.ndarray | None) -> ScaleInfo:
+    def __call__(self, depth: np.ndarray, K: np.ndarray | None, baseline: float | None = None) -> ScaleInfo:
         if K is None:
             raise ValueError("scale mode 'focal' needs the camera intrinsics: pass K (or fx) to the predictor")
         fx = float(K[0, 0])
-        factor = focal_scale_factor(fx, self.training_fx)
-        return ScaleInfo("focal", factor, True, f"fx {fx:.1f} px / training fx {self.training_fx:.1f} px "
-                         "(at the network input width)", {"fx_runtime": fx, "fx_train": self.training_fx})
+        extras: dict[str, Any] = {"fx_runtime": fx, "fx_train": self.training_fx}
+        detail = f"fx {fx:.1f} px / training fx {self.training_fx:.1f} px (at the network input width)"
+        if not self.stereo:
+            return ScaleInfo("focal", focal_scale_factor(fx, self.training_fx), True, detail, extras)
+        if baseline is not None and self.training_baseline is not None:
+            factor = metric_scale_factor(fx, self.training_fx, float(baseline), self.training_baseline)
+            extras.update(baseline_runtime=float(baseline), baseline_train=self.training_baseline)
+            return ScaleInfo("focal", factor, True, f"{detail} × baseline {float(baseline):.4g} m / training "
+                             f"baseline {self.training_baseline:.4g} m", extras)
+        missing = "the rig's baseline" if baseline is None else "the training baseline (not in the model metadata)"
+        return ScaleInfo("focal", focal_scale_factor(fx, self.training_fx), True,
+                         f"{detail}; {missing} unknown: baseline not corrected", extras)
 
 
 # --------------------------------------------------------------------------- ground plane
@@ -219,7 +257,7 @@ class GroundPlaneScale:
             return None, "the plane passes through the camera"
         return fit, ""
 
-    def __call__(self, depth: np.ndarray, K: np.ndarray | None) -> ScaleInfo:
+    def __call__(self, depth: np.ndarray, K: np.ndarray | None, baseline: float | None = None) -> ScaleInfo:
         if K is None:
             raise ValueError("scale mode 'ground_plane' needs the camera intrinsics: pass K to the predictor")
         fit, reason = self.measure(depth, K)
@@ -244,8 +282,12 @@ class GroundPlaneScale:
 
 
 def make_scale(mode: str, scale_kind: str, training_fx: float | None, *, factor: float | None = None,
-               camera_height: float | None = None, **ground_options: Any) -> ScaleStrategy:
+               camera_height: float | None = None, training_baseline: float | None = None, stereo: bool = False,
+               **ground_options: Any) -> ScaleStrategy:
     """Build a scale strategy; ``auto`` = focal for metric models with a known training fx, else none.
+
+    ``stereo`` / ``training_baseline`` (metres, ``ModelMetadata.baseline_m``): a stereo model's
+    focal scale also corrects the baseline when the call gives the rig's baseline.
 
     ``auto`` with a metric model falls back to ``none`` at call time when no K is given
     (see :class:`AutoScale`).
@@ -254,7 +296,7 @@ def make_scale(mode: str, scale_kind: str, training_fx: float | None, *, factor:
         raise ValueError(f"scale_mode: expected one of {', '.join(SCALE_MODES)}, got {mode!r}")
     if mode == "auto":
         if scale_kind == "metric" and training_fx is not None:
-            return AutoScale(FocalScale(training_fx))
+            return AutoScale(FocalScale(training_fx, training_baseline, bool(stereo)))
         return NoScale("relative depth: scale unknown" if scale_kind == "relative"
                        else "metric on the training camera (no training focal length recorded)")
     if mode == "none":
@@ -267,7 +309,7 @@ def make_scale(mode: str, scale_kind: str, training_fx: float | None, *, factor:
         if training_fx is None:
             raise ValueError("scale_mode 'focal' needs the training focal length, but the model metadata has "
                              "focal_length_px = null")
-        return FocalScale(training_fx)
+        return FocalScale(training_fx, training_baseline, bool(stereo))
     if camera_height is None:
         raise ValueError("scale_mode 'ground_plane' needs camera_height (metres above the ground)")
     return GroundPlaneScale(camera_height, **ground_options)
@@ -280,7 +322,7 @@ class AutoScale:
     focal: FocalScale
     mode: str = "auto"
 
-    def __call__(self, depth: np.ndarray, K: np.ndarray | None) -> ScaleInfo:
+    def __call__(self, depth: np.ndarray, K: np.ndarray | None, baseline: float | None = None) -> ScaleInfo:
         if K is None:
             return ScaleInfo("none", 1.0, True, "metric on the training camera (no runtime intrinsics given)")
-        return self.focal(depth, K)
+        return self.focal(depth, K, baseline)

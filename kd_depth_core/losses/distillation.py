@@ -62,9 +62,11 @@ def log_depth_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     """Weighted log-depth error between depths (B,1,H,W) in metres. Scalar, 0 when pred == target.
 
     e = log pred - log target over the pixels, each counted with ``weight`` (None = 1; 0 = left out):
-    ``silog``: mean_w(e^2) - variance_focus * mean_w(e)^2 (Eigen et al. 2014, without the square
-    root so the gradient stays finite at a perfect match; variance_focus = 1 is fully
-    scale-invariant, 0 is the mean squared log error); ``l1_log``: mean_w(|e|).
+    ``silog``: per image, mean_w(e^2) - variance_focus * mean_w(e)^2, then the mean over the images
+    that have any weight (Eigen et al. 2014: the scale-invariant term is per image, so opposite
+    scale errors of two images do not cancel; without the square root so the gradient stays finite
+    at a perfect match; variance_focus = 1 is fully scale-invariant, 0 is the mean squared log
+    error); ``l1_log``: mean_w(|e|) over all pixels of the batch.
     Weighted means are sum(w x) / sum(w); with no weight anywhere the loss is 0 (still a graph).
     """
     _check_map("pred", pred)
@@ -76,13 +78,17 @@ def log_depth_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
         raise ValueError(f"variance_focus: expected a number in [0, 1], got {variance_focus}")
     weight = weight.to(pred.dtype)
     error = torch.log(pred.clamp_min(1e-6)) - torch.log(target.clamp_min(1e-6))
-    total = weight.sum().clamp_min(1e-12)
     if kind == "silog":
-        mean_sq = (weight * error * error).sum() / total
-        mean = (weight * error).sum() / total
-        return (mean_sq - variance_focus * mean * mean).clamp_min(0)
+        dims = tuple(range(1, error.ndim))
+        per_image_weight = weight.sum(dims)  # (B,)
+        total = per_image_weight.clamp_min(1e-12)
+        mean_sq = (weight * error * error).sum(dims) / total
+        mean = (weight * error).sum(dims) / total
+        per_image = (mean_sq - variance_focus * mean * mean).clamp_min(0)
+        counted = (per_image_weight > 0).to(pred.dtype)
+        return (per_image * counted).sum() / counted.sum().clamp_min(1)
     if kind == "l1_log":
-        return (weight * error.abs()).sum() / total
+        return (weight * error.abs()).sum() / weight.sum().clamp_min(1e-12)
     raise ValueError(f"kind: expected 'silog' or 'l1_log', got {kind!r}")
 
 

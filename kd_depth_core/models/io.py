@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import struct
 from collections.abc import Mapping
@@ -43,6 +44,8 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors reference implementation
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
 ScaleKind = Literal["metric", "relative"]
+OPTIONAL_FIELDS = ("baseline_m", "format_version")
+"""Metadata fields a file may lack (added after format 1 was released; they then take their default)."""
 
 
 class ModelFileError(ValueError):
@@ -57,6 +60,9 @@ class ModelMetadata:
     the network: ``x = (rgb - mean) / std`` (mean 0 / std 1 when the network normalises itself).
     ``focal_length_px`` is the training camera's fx at ``input_width`` (None when unknown); a
     metric model is rescaled by runtime fx / training fx (see ``inference/scale.py``).
+    ``baseline_m`` is the training stereo baseline in metres (None when unknown or monocular; files
+    written before it existed load with None); a metric stereo model is rescaled by
+    (fx · B) / (fx_train · B_train) when both baselines are known.
     """
 
     model_name: str
@@ -74,6 +80,7 @@ class ModelMetadata:
     has_uncertainty: bool
     training_config: dict[str, Any]
     created_by: str
+    baseline_m: float | None = None
     format_version: int = FORMAT_VERSION
 
     # ------------------------------------------------------------------ construction
@@ -122,7 +129,7 @@ class ModelMetadata:
         if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
             raise ModelFileError(f"{where}: format_version {version!r} is not supported by this kd-depth "
                                  f"(supports 1..{FORMAT_VERSION}); upgrade kd-depth to read it")
-        missing = [n for n in names if n not in data and n != "format_version"]
+        missing = [n for n in names if n not in data and n not in OPTIONAL_FIELDS]
         if missing:
             raise ModelFileError(f"{where}: metadata field(s) missing: {', '.join(missing)}")
         meta = cls(**{**data, "format_version": version})
@@ -170,6 +177,11 @@ class ModelMetadata:
                     or self.focal_length_px <= 0:
                 fail("focal_length_px", "a positive number of pixels or null")
             self.focal_length_px = float(self.focal_length_px)
+        if self.baseline_m is not None:
+            if isinstance(self.baseline_m, bool) or not isinstance(self.baseline_m, int | float) \
+                    or not math.isfinite(self.baseline_m) or self.baseline_m <= 0:
+                fail("baseline_m", "a positive number of metres or null")
+            self.baseline_m = float(self.baseline_m)
         for name in ("stereo", "has_uncertainty"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "true or false")

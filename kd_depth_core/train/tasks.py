@@ -89,11 +89,13 @@ class Task(nn.Module):
         """The network that is exported (no teacher, adapters, pose net or discriminators)."""
         raise NotImplementedError
 
-    def deploy_metadata(self, focal_length_px: float | None = None) -> Any:
+    def deploy_metadata(self, focal_length_px: float | None = None, baseline_m: float | None = None) -> Any:
         """`models.io.ModelMetadata` saved with the exported network (input size, depth range, scale kind).
 
         `focal_length_px`: the training camera's fx at the training width (the trainer passes the
-        first training batch's K[0, 0]). The deploy model must come from `models.create_model`.
+        first training batch's K[0, 0]); `baseline_m`: the training rig's stereo baseline in metres
+        (the first training batch's `baseline` when > 0; None = unknown). The deploy model must come
+        from `models.create_model`.
         """
         from kd_depth_core.models.io import ModelMetadata
 
@@ -103,7 +105,7 @@ class Task(nn.Module):
         return ModelMetadata.from_model(
             self.deploy_model(), input_height=int(height), input_width=int(width),
             min_depth=float(self.min_depth), max_depth=float(self.max_depth), scale_kind=self.scale_kind,
-            focal_length_px=focal_length_px, stereo=bool(self.deploy_stereo),
+            focal_length_px=focal_length_px, baseline_m=baseline_m, stereo=bool(self.deploy_stereo),
             has_uncertainty=bool(self.deploy_has_uncertainty), training_config=self.cfg.to_dict())
 
     @torch.no_grad()

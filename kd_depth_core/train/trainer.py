@@ -213,6 +213,7 @@ class Trainer:
         self.writer = None
         self._val_note_given = False
         self.train_focal_px: float | None = None  # fx of the training camera at the training width
+        self.train_baseline_m: float | None = None  # stereo baseline of the training rig (metres), None = unknown
 
     # ----------------------------------------------------------------------- state
     def _task_state(self) -> dict[str, torch.Tensor]:
@@ -460,10 +461,15 @@ class Trainer:
         self.task.train()
         try:
             batches = self._batches(step)
+            first_step = step
             while step < tcfg.max_steps:
                 batch = move_to_device(next(batches), self.device)
                 if self.train_focal_px is None and isinstance(batch.get("K"), torch.Tensor):
                     self.train_focal_px = float(batch["K"][0, 0, 0])
+                if self.train_baseline_m is None and step == first_step and isinstance(batch.get("baseline"),
+                                                                                      torch.Tensor):
+                    baseline = float(batch["baseline"][0])  # 0 = unknown (docs/architecture.md)
+                    self.train_baseline_m = baseline if baseline > 0 else None
                 parts = self.train_step(batch, step)
                 result.last_losses = parts
                 for name, value in parts.items():
@@ -523,6 +529,7 @@ class Trainer:
                         "the training checkpoint holds its weights", type(model).__name__)
             return None
         path = self.out_dir / "model.safetensors"
-        save_model(path, model, self.task.deploy_metadata(focal_length_px=self.train_focal_px))
+        save_model(path, model, self.task.deploy_metadata(focal_length_px=self.train_focal_px,
+                                                          baseline_m=self.train_baseline_m))
         log.info("exported %s", path)
         return path
