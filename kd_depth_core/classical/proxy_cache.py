@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from kd_depth_core.classical.sgbm import SGBMSettings, sgbm_disparity
+from kd_depth_core.utils.atomic import current_umask
 
 
 class ProxySource:
@@ -73,17 +74,11 @@ class ProxySource:
         try:
             with os.fdopen(fd, "wb") as handle:
                 np.save(handle, data)
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, 0o666 & ~current_umask())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def resize_pair(left: np.ndarray, right: np.ndarray, size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:

@@ -241,8 +241,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default 1)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5,
+                        help="untimed calls per configuration before timing (compilation, caches); default 5")
+    parser.add_argument("--iters", type=int, default=30,
+                        help="timed calls per configuration; p50/p95 latency are taken over these; default 30")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch and ONNX Runtime (default: their own choice)")
     parser.add_argument("--out", default="runs/bench", help="folder for bench.md, bench.json, bench.png")

@@ -50,7 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--formats", default="png16,color",
                         help=f"comma-separated outputs among {', '.join(FORMATS)} (default: png16,color)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                        help="compute precision; fp16/bf16 are faster on a GPU, fall back to fp32 where the "
+                             "backend or device lacks them; default fp32")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "torchscript", "onnxruntime"))
     parser.add_argument("--resolution", default="input", choices=("input", "model"),
                         help="save depth at the input image size (default) or the network's")

@@ -1,6 +1,8 @@
 """Atomic writes: write under a temporary name in the same folder, then rename.
 
 A crash or an interrupt never leaves a half-written file or folder under the final name.
+Results get the modes a plain `open`/`mkdir` would give (0644/0755 under umask 022), not the
+0600/0700 of `tempfile`, so another user (the robot's) can read them.
 """
 from __future__ import annotations
 
@@ -8,8 +10,19 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it, under a lock)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -19,6 +32,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -45,7 +59,9 @@ def temporary_dir_for(final: str | os.PathLike) -> Path:
     """A fresh, hidden temporary folder beside `final` (same file system, so rename is atomic)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
 
 
 def commit_dir(tmp: str | os.PathLike, final: str | os.PathLike, overwrite: bool = False) -> Path:
