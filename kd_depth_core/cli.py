@@ -61,12 +61,47 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"kd-depth {name}", description=text)
     module.add_arguments(parser)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv[1:])
+    args.prog = parser.prog
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - the one error path; unexpected errors still re-raise
+        message = explain_error(error)
+        if message is None or args.debug:
+            raise
+        print(f"{parser.prog}: {message} (run with --debug for the traceback)", file=sys.stderr)
+        return 2
+
+
+def explain_error(error: BaseException) -> str | None:
+    """One line naming the file, field or flag and the fix, or None for an unexpected error."""
+    name = getattr(error, "filename", None)
+    if isinstance(error, PermissionError):
+        return f"permission denied: {name or error}; choose a path you can write (e.g. --out under your home)"
+    if isinstance(error, FileExistsError):
+        return f"{name or error} already exists; choose another --out or remove it"
+    if isinstance(error, IsADirectoryError):
+        return f"{name or error} is a folder, a file was expected; name a file"
+    if isinstance(error, NotADirectoryError):
+        return f"{name or error}: a part of this path is a file, not a folder; choose another --out"
+    if isinstance(error, FileNotFoundError):
+        return f"not found: {name or error}; check the path"
+    if isinstance(error, OSError) and name:
+        return f"{name}: {error.strerror or error}"
+    if type(error).__name__ in _KNOWN_ERRORS:
+        return str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, RuntimeError) and "Unknown model" in str(error):  # timm: unknown backbone
+        return f"{error}; see `timm.list_models()` for backbone names (model.kwargs.backbone=...)"
+    return None
+
+
+# Project errors whose message already names the file/field and the fix.
+_KNOWN_ERRORS = {"ConfigError", "CheckpointError", "ModelFileError", "SequenceError", "MissingFilesError",
+                 "GroupingError", "CacheError", "ParameterError", "EmptyMaskError"}
 
 
 if __name__ == "__main__":

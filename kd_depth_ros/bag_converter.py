@@ -166,9 +166,12 @@ class ConvertOptions:
                 raise ValueError(f"{name}: expected {expected}, got {value!r}")
 
     def fingerprint_settings(self) -> dict[str, Any]:
-        """Everything that changes the output (for resuming): all options but ``force``."""
+        """Everything that changes the output (for resuming): all options but ``force`` and the topic flags
+        (the fingerprint records the resolved topics, so a default that resolves to the same topic matches)."""
         settings = dataclasses.asdict(self)
-        settings.pop("force")
+        for name in ("force", "image_topic", "right_topic", "camera_info_topic", "right_camera_info_topic",
+                     "lidar_topic"):
+            settings.pop(name, None)
         return settings
 
 
@@ -185,6 +188,7 @@ class BagSummary:
     frames_with_depth: int = 0
     frames_without_depth: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
@@ -496,6 +500,10 @@ class BagConverter:
         self.segment: _Segment | None = None
         self.last_stamp: int | None = None
         self.transforms = StaticTransforms()
+        self.details: dict[str, str] = {}
+        self.frame_number = -1
+        self.last_calib: CameraCalibration | None = None
+        self.segment_reason: str | None = None
 
     # ---- set-up
     def _calibration(self, msg, topic: str) -> CameraCalibration:
@@ -517,7 +525,8 @@ class BagConverter:
             return
         self.adder.drain()
         if len(seg.writer) < self.options.min_frames:
-            self.dropped[f"sequence shorter than {self.options.min_frames} keyframes"] += len(seg.writer)
+            reason = self.segment_reason or f"sequence shorter than {self.options.min_frames} keyframes"
+            self.dropped[reason] += len(seg.writer)
             seg.writer.abort()
             return
         seg.writer.close()
@@ -588,9 +597,18 @@ class BagConverter:
         self.last_stamp = stamp
         left_calib = self._calibration(info, plan.left_info)
         right_calib = None if plan.right is None else self._calibration(right_info, plan.right_info)
+        self.frame_number += 1
+        change = calibration_change(self.last_calib, left_calib)
+        self.last_calib = left_calib
         index, new = self.splitter.update(stamp, (left_calib.key, None if right_calib is None else right_calib.key))
         if new:
             self._start_segment(index)
+            self.segment_reason = None
+            if change:
+                self.segment_reason = "camera_info changed"
+                what, values = change
+                self.details.setdefault("camera_info changed", f"{what} at frame {self.frame_number}{values}; a "
+                                        "sequence needs one camera (check the camera driver's calibration)")
         seg = self.segment
         if seg.skip:
             self.summary.frames_skipped_existing += 1
@@ -712,6 +730,7 @@ class BagConverter:
             with contextlib.suppress(Exception):
                 reader.close()
         self.summary.dropped = dict(self.dropped)
+        self.summary.details = {k: v for k, v in self.details.items() if k in self.dropped}
         self.summary.seconds = time.perf_counter() - start
         return self.summary
 
@@ -756,6 +775,38 @@ def convert_bags(bags: list[str | Path], out_root: str | Path, options: ConvertO
         for future in as_completed(futures):
             summaries[futures[future]] = future.result()
     return [summaries[i] for i in range(len(paths))]
+
+
+def calibration_change(old: CameraCalibration | None, new: CameraCalibration) -> tuple[str, str] | None:
+    """('K differs', ' (cx 609.6 -> 601.6)') when `new` is a different camera than `old`, else None."""
+    if old is None or old.key == new.key:
+        return None
+    if (old.width, old.height) != (new.width, new.height):
+        return "size differs", f" ({old.width}x{old.height} -> {new.width}x{new.height})"
+    for name, (r, c) in (("fx", (0, 0)), ("fy", (1, 1)), ("cx", (0, 2)), ("cy", (1, 2))):
+        if old.K[r, c] != new.K[r, c]:
+            return "K differs", f" ({name} {old.K[r, c]:g} -> {new.K[r, c]:g})"
+    for name in ("K", "D", "R", "P"):
+        a, b = getattr(old, name), getattr(new, name)
+        if a.shape != b.shape or not np.array_equal(a, b):
+            return f"{name} differs", ""
+    return "calibration differs", ""
+
+
+def why_nothing_written(summaries: list[BagSummary]) -> list[str]:
+    """One line per reason (summed over bags) with its first detail, most frames first."""
+    counts: Counter[str] = Counter()
+    details: dict[str, str] = {}
+    for summary in summaries:
+        counts.update(summary.dropped)
+        for reason, text in summary.details.items():
+            details.setdefault(reason, text)
+    lines = [f"{reason}: {n} frame(s)" + (f" ({details[reason]})" if reason in details else "")
+             for reason, n in counts.most_common()]
+    lines += [f"{s.bag}: {s.error}" for s in summaries if s.error]
+    if not any(s.frames_read for s in summaries if not s.error):
+        lines.append("no image messages were read (check --image-topic and that the bag is not empty)")
+    return lines
 
 
 # --------------------------------------------------------------------------- command line
@@ -806,6 +857,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--jobs", "-j", type=int, default=1, help="bags converted in parallel processes")
     run.add_argument("--force", action="store_true",
                      help="overwrite existing sequences of these bags (default: resume, skipping complete ones)")
+    run.add_argument("--split", default="train",
+                     help="when --out already has splits/, append the new sequences to this split "
+                          "(default: %(default)s)")
     run.add_argument("--summary-json", type=Path, help="also write the per-bag summaries to this JSON file")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
@@ -816,33 +870,65 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Convert the bags; print one summary line per bag. 0 when every bag converted, 1 otherwise."""
+    """Convert the bags; print one summary line per bag. 0 when every bag converted, 1 when some bag
+    failed, 2 when no sequence is in ``--out`` afterwards (the reasons are printed, a new ``--out`` removed)."""
+    from kd_depth_core.data.sequence import append_to_split, ensure_splits, list_sequences
     from kd_depth_core.utils.atomic import write_text_atomic
 
+    out = Path(args.out)
     try:
         options = options_from_args(args)
     except ValueError as exc:
         print(f"convert-bag: error: {exc}", file=sys.stderr)
         return 2
+    if out.exists() and not out.is_dir():
+        print(f"convert-bag: error: --out {out} is a file; name a folder (the dataset root)", file=sys.stderr)
+        return 2
+    created = not out.exists()
     try:
-        summaries = convert_bags(args.bags, args.out, options, jobs=args.jobs, progress=not args.quiet)
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".kd-depth-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        print(f"convert-bag: error: cannot write --out {out} ({exc.strerror or exc}); choose a folder you can "
+              "write", file=sys.stderr)
+        return 2
+    try:
+        summaries = convert_bags(args.bags, out, options, jobs=args.jobs, progress=not args.quiet)
     except BagConversionError as exc:
+        _remove_if_empty(out, created)
         print(f"convert-bag: error: {exc}", file=sys.stderr)
         return 1
-    print(f"converted into {args.out}:")
+    print(f"converted into {out}:")
     for summary in summaries:
         print(f"  {summary.line()}", file=sys.stderr if summary.error else sys.stdout)
-    from kd_depth_core.data.sequence import ensure_splits
-
-    splits = ensure_splits(args.out)
-    if splits:
-        print("wrote default splits: " + ", ".join(f"{k} ({len(v)} sequences)" for k, v in splits.items())
-              + f" in {Path(args.out) / 'splits'} (edit them to choose your held-out sequences)")
-    print(f"next: kd-depth validate {args.out}  then  kd-depth train --config config/train/teacher_ms_dpt.yaml "
-          f"data.root={args.out}")
     if args.summary_json is not None:
         write_text_atomic(args.summary_json, json.dumps([dataclasses.asdict(s) for s in summaries], indent=2))
-    return 1 if any(s.error for s in summaries) else 0
+    if not list_sequences(out):
+        _remove_if_empty(out, created)
+        print("convert-bag: error: no sequence was written. Why:\n" + "\n".join(
+            f"  {line}" for line in why_nothing_written(summaries)), file=sys.stderr)
+        return 2
+    splits = ensure_splits(out)
+    if splits:
+        print("wrote default splits: " + ", ".join(f"{k} ({len(v)} sequences)" for k, v in splits.items())
+              + f" in {out / 'splits'} (edit them to choose your held-out sequences)")
+    else:
+        added = append_to_split(out, args.split)
+        if added:
+            print(f"added {len(added)} new sequence(s) to {out / 'splits' / (args.split + '.txt')}")
+    if any(s.error for s in summaries):
+        return 1
+    print(f"next: kd-depth validate {out}  then  kd-depth train --config config/train/teacher_ms_dpt.yaml "
+          f"data.root={out}")
+    return 0
+
+
+def _remove_if_empty(out: Path, created: bool) -> None:
+    """Remove an --out this run created when nothing (but hidden partial folders) is left in it."""
+    if created and out.is_dir() and not any(not p.name.startswith(".") for p in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def build_parser(prog: str = "convert_bag") -> argparse.ArgumentParser:

@@ -140,10 +140,73 @@ def test_cli_reports_errors_with_exit_code(tmp_path, capsys):
     bag = mono_bag(tmp_path / "cam")
     code = bc.main([str(bag), "--out", str(tmp_path / "out"), "--image-topic", "/nope", "--quiet"])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2  # nothing written
+    assert "no sequence was written" in err and not (tmp_path / "out").exists()
     assert "TopicNotFoundError" in err and "/cam/image_raw" in err
     assert bc.main([str(bag), "--out", str(tmp_path / "out"), "--max-gap", "0"]) == 2
     assert "max_gap: expected > 0 s" in capsys.readouterr().err
     assert bc.main([str(tmp_path / "absent"), "--out", str(tmp_path / "out")]) == 1
     assert "bag not found" in capsys.readouterr().err
     assert_no_output(tmp_path / "out")
+
+
+# ---------------------------------------------------------------- the command tells the truth (issue 19)
+def _cli(argv: list[str]) -> tuple[int, str, str]:
+    import subprocess
+
+    exe = Path(sys.executable).with_name("kd-depth")
+    done = subprocess.run([str(exe), "convert-bag", "-q", *argv], capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_changing_camera_info_is_named_exit_2_and_no_out_left(tmp_path):
+    msgs = []
+    for i, frame in enumerate(bf.textured_frames(6, W, H)):
+        k = K.copy()
+        k[0, 2] += i * 0.5  # cx moves every frame
+        msgs += [bf.image("/cam/image_raw", frame, T0 + i * DT), bf.camera_info("/cam/camera_info", T0 + i * DT, W, H, k)]
+    bag = bf.write_bag(tmp_path / "moving", msgs)
+    out = tmp_path / "out"
+    rc, stdout, stderr = _cli([str(bag), "--out", str(out)])
+    assert rc == 2
+    assert "camera_info changed" in stderr and "K differs at frame 1 (cx" in stderr and "one camera" in stderr
+    assert "next:" not in stdout + stderr and "Traceback" not in stderr
+    assert not out.exists()
+
+
+def test_all_static_frames_exit_2_with_reason(tmp_path):
+    frame = bf.textured_frames(1, W, H)[0]
+    msgs = []
+    for i in range(6):
+        msgs += [bf.image("/cam/image_raw", frame, T0 + i * DT), bf.camera_info("/cam/camera_info", T0 + i * DT, W, H, K)]
+    bag = bf.write_bag(tmp_path / "static", msgs)
+    out = tmp_path / "out"
+    rc, stdout, stderr = _cli([str(bag), "--out", str(out)])
+    assert rc == 2 and "no sequence was written" in stderr and "static" in stderr
+    assert "next:" not in stdout and not out.exists()
+
+
+def test_appending_a_bag_updates_train_split_and_rerun_without_topic_is_accepted(tmp_path):
+    out = tmp_path / "out"
+    first = mono_bag(tmp_path / "first")
+    rc, _, stderr = _cli([str(first), "--out", str(out), "--image-topic", "/cam/image_raw"])
+    assert rc == 0, stderr
+    splits_before = (out / "splits" / "train.txt").read_text()
+    rc, _, stderr = _cli([str(first), "--out", str(out)])  # same topic, resolved by default: a resume
+    assert rc == 0, stderr
+    second = mono_bag(tmp_path / "second")
+    rc, stdout, stderr = _cli([str(second), "--out", str(out)])
+    assert rc == 0, stderr
+    train = (out / "splits" / "train.txt").read_text().split()
+    assert splits_before.split() == train[: len(splits_before.split())]
+    assert any(name.startswith("second_") for name in train)
+    assert "train.txt" in stdout
+
+
+def test_convert_bag_out_is_a_file_or_unwritable(tmp_path):
+    bag = mono_bag(tmp_path / "b")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    rc, _, stderr = _cli([str(bag), "--out", str(afile)])
+    assert rc == 2 and "is a file" in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1

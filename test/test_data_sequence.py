@@ -194,9 +194,23 @@ def test_ensure_splits_holds_out_sequences_and_never_overwrites(tmp_path):
 
     for name in ("s1", "s2", "s3"):
         write(tmp_path / name, n=2)
-    assert ensure_splits(tmp_path) == {"train": ["s1", "s2"], "val": ["s3"], "test": ["s3"]}
+    # val and test are different sequences with three or more (nothing selects checkpoints on test)
+    assert ensure_splits(tmp_path) == {"train": ["s1"], "val": ["s3"], "test": ["s2"]}
     assert read_split(tmp_path, "val") == ["s3"]
     assert ensure_splits(tmp_path) is None  # existing splits are the user's
+
+
+def test_new_sequences_are_appended_to_a_split(tmp_path):
+    from kd_depth_core.data.sequence import append_to_split, ensure_splits, unsplit_sequences
+
+    for name in ("s1", "s2", "s3"):
+        write(tmp_path / name, n=2)
+    ensure_splits(tmp_path)
+    write(tmp_path / "s4", n=2)
+    assert unsplit_sequences(tmp_path) == ["s4"]
+    assert append_to_split(tmp_path) == ["s4"]
+    assert read_split(tmp_path, "train") == ["s1", "s4"]
+    assert unsplit_sequences(tmp_path) == [] and append_to_split(tmp_path) == []
 
 
 def test_writer_stores_encoded_bytes_as_they_are_and_rejects_another_format(tmp_path):

@@ -525,18 +525,43 @@ def read_split(root: str | os.PathLike, name: str) -> list[str]:
 
 def ensure_splits(root: str | os.PathLike, val_every: int = 10) -> dict[str, list[str]] | None:
     """Write default ``splits/`` for a root that has none: every ``val_every``-th sequence (at least one
-    when there are two or more) is held out as ``val`` and ``test``; the rest is ``train``.
-    Returns the splits written, or None when split files already exist (they are never touched)."""
+    when there are two or more) is held out as ``val``; ``test`` gets different sequences (the ones just
+    before each val sequence) when there are three or more, else the same as ``val``; the rest is
+    ``train``. Returns the splits written, or None when split files already exist (never touched)."""
     root = Path(root)
     if any((root / "splits" / f"{name}.txt").is_file() for name in SPLIT_NAMES):
         return None
     names = list_sequences(root)
     if not names:
         return None
-    held = names[val_every - 1::val_every] or (names[-1:] if len(names) >= 2 else [])
+    val = names[val_every - 1::val_every] or (names[-1:] if len(names) >= 2 else [])
+    test = [names[names.index(v) - 1] for v in val] if len(names) >= 3 else list(val)
+    held = set(val) | set(test)
     splits = {"train": [n for n in names if n not in held] or names}
-    if held:
-        splits["val"] = held
-        splits["test"] = held
+    if val:
+        splits["val"] = val
+        splits["test"] = test
     write_splits(root, splits)
     return splits
+
+
+def unsplit_sequences(root: str | os.PathLike) -> list[str]:
+    """Sequences under ``root`` listed in no ``splits/*.txt`` file (training would ignore them)."""
+    root = Path(root)
+    listed: set[str] = set()
+    for path in sorted((root / "splits").glob("*.txt")) if (root / "splits").is_dir() else []:
+        listed.update(line.strip() for line in path.read_text().splitlines()
+                      if line.strip() and not line.startswith("#"))
+    return [n for n in list_sequences(root) if n not in listed]
+
+
+def append_to_split(root: str | os.PathLike, split: str = "train") -> list[str]:
+    """Append every sequence in no split to ``splits/<split>.txt``; returns the names appended."""
+    new = unsplit_sequences(root)
+    if new:
+        path = Path(root) / "splits" / f"{split}.txt"
+        old = path.read_text() if path.is_file() else ""
+        if old and not old.endswith("\n"):
+            old += "\n"
+        write_text_atomic(path, old + "".join(f"{n}\n" for n in new))
+    return new

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         result = train_from_config(cfg)
     except ConfigError as error:
-        print(f"kd-depth train: {error}", file=sys.stderr)
+        print(f"{getattr(args, 'prog', 'kd-depth train')}: {error}", file=sys.stderr)
         return 2
     if rank == 0:
         print(f"trained {result.step} steps ({result.nonfinite_steps} skipped as non-finite); "
