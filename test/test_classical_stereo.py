@@ -21,13 +21,13 @@ from kd_depth_core.classical.proxy_cache import ProxySource
 from kd_depth_core.classical.sgbm import (
     SGBMPredictor,
     SGBMSettings,
-    disparity_to_depth,
     fill_rows,
     left_right_check,
     sgbm_disparity,
 )
 from kd_depth_core.data.dataset import SequenceDataset
 from kd_depth_core.data.synthetic.generate import SynthSpec, generate_dataset
+from kd_depth_core.geometry import disparity_to_depth
 from kd_depth_core.losses.proxy import proxy_depth, proxy_loss, proxy_mask
 
 H, W = 48, 128
@@ -173,6 +173,7 @@ import sys, time
 from kd_depth_core.classical.proxy_cache import ProxySource
 from kd_depth_core.classical.sgbm import SGBMSettings
 from kd_depth_core.data.dataset import SequenceDataset
+from kd_depth_core.geometry import disparity_to_depth
 cache, world, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
 dataset = SequenceDataset(world, split=None, offsets=(), stereo=True, proxy=ProxySource(SGBMSettings(), cache))
 while time.time() < start:

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from kd_depth_core.geometry import disparity_to_depth
+
 MODES = {"sgbm": cv2.STEREO_SGBM_MODE_SGBM, "sgbm_3way": cv2.STEREO_SGBM_MODE_SGBM_3WAY,
          "hh": cv2.STEREO_SGBM_MODE_HH}
 
@@ -136,12 +138,6 @@ def fill_rows(disparity: np.ndarray, valid: np.ndarray) -> np.ndarray:
     filled = np.minimum(left_value, right_value)
     filled = np.where(np.isfinite(filled), filled, 0.0)
     return np.where(valid, disparity, filled).astype(np.float32)
-
-
-def disparity_to_depth(disparity: np.ndarray, fx: float, baseline: float) -> np.ndarray:
-    """Disparity (px) -> depth fx·B / d (m); 0 where the disparity is 0."""
-    with np.errstate(divide="ignore"):
-        return np.where(disparity > 0, fx * baseline / np.maximum(disparity, 1e-6), 0.0).astype(np.float32)
 
 
 class SGBMPredictor:
