@@ -11,7 +11,7 @@ from kd_depth_core.config import TrainConfig, config_from_dict
 from kd_depth_core.data.dataset import SequenceDataset
 from kd_depth_core.data.synthetic.generate import SynthSpec, generate_dataset
 from kd_depth_core.models import create_model
-from kd_depth_core.models.stereo import soft_argmin
+from kd_depth_core.models.stereo import block_matching_volume, resample_candidates, soft_argmin
 from kd_depth_core.train.tasks import create_task
 
 TINY = {"backbone": "lcnet_050", "max_disparity": 32, "match_channels": 8, "aggregation_channels": 16,
@@ -53,7 +53,7 @@ class HandMadeVolume(nn.Module):
 
 def test_the_network_outputs_the_disparity_of_its_only_cost_minimum_and_the_rig_makes_it_metric():
     torch.manual_seed(0)
-    model = create_model("stereo_teacher", **TINY).eval()
+    model = create_model("stereo_teacher", **TINY, block_matching=0).eval()  # the learned volume only
     candidates = len(model.candidates)  # 32 / 4 + 1
     model.aggregation = HandMadeVolume(3, candidates)  # candidate 3 = 12 px
     model.set_rig(fx=60.0, baseline=0.2, width=64, min_depth=0.5, max_depth=50.0)  # fx·B = 12 px·m
@@ -69,6 +69,40 @@ def test_the_network_outputs_the_disparity_of_its_only_cost_minimum_and_the_rig_
     wide = model(torch.rand(1, 3, 64, 128), torch.rand(1, 3, 64, 128))
     _, depth = geometry.disp_to_depth(wide["disp"][0], 0.5, 50.0)
     assert torch.allclose(depth, torch.full_like(depth, 1.0), rtol=1e-4)
+
+
+def shifted_pair(shift: int, height: int = 64, width: int = 128, seed: int = 0):
+    """A random texture and the same texture seen `shift` px further left: left[u] = right[u - shift]."""
+    generator = torch.Generator().manual_seed(seed)
+    texture = torch.rand(1, 3, height, width + shift, generator=generator)
+    return texture[..., :width], texture[..., shift:]
+
+
+def test_block_matching_finds_a_known_shift_on_one_pixel_candidates():
+    left, right = shifted_pair(7)
+    volume = block_matching_volume(left, right, candidates=17, step=1, stride=4, block=5)
+    assert volume.shape == (1, 17, 16, 32)
+    best = volume.argmax(1)[:, :, 4:]  # away from the left border, where right[u - 7] does not exist
+    assert (best == 7).all()
+    # 2-px candidates: 7 px is candidate 4 (it stands for [7, 9) px) -> the match is not lost between candidates
+    coarse = block_matching_volume(left, right, candidates=9, step=2, stride=4, block=5).argmax(1)[:, :, 4:]
+    assert (coarse == 4).all()
+
+
+def test_resample_candidates_is_linear_along_the_disparity_axis():
+    volume = torch.tensor([0.0, 4.0, 8.0]).view(1, 3, 1, 1)  # candidates 0, 4, 8 px
+    fine = resample_candidates(volume, 9)  # 0, 1, ..., 8 px
+    assert torch.allclose(fine.flatten(), torch.arange(9, dtype=torch.float32))
+
+
+def test_the_untrained_network_already_matches_through_block_matching():
+    torch.manual_seed(0)
+    left, right = shifted_pair(9)
+    with torch.no_grad():
+        on = create_model("stereo_teacher", **TINY).eval()(left, right)["disparity"][0][..., 16:]
+        off = create_model("stereo_teacher", **TINY, block_matching=0).eval()(left, right)["disparity"][0][..., 16:]
+    assert abs(float(on.median()) - 9.0) < 1.0
+    assert abs(float(off.median()) - 9.0) > 2.0  # without it, an untrained net does not match
 
 
 def test_forward_backward_and_the_feature_contract():
@@ -98,7 +132,8 @@ def test_a_short_run_with_the_proxy_lowers_the_disparity_error_against_ground_tr
     cfg = config_from_dict(TrainConfig, {
         "data": {"root": str(root), "size": [64, 128], "stereo": True, "offsets": [], "batch_size": 4,
                  "num_workers": 0},
-        "model": {"name": "stereo_teacher", "kwargs": {**TINY, "max_disparity": 48}},
+        # the learned path alone (block matching would start it near the answer)
+        "model": {"name": "stereo_teacher", "kwargs": {**TINY, "max_disparity": 48, "block_matching": 0}},
         "task": {"name": "self_supervised", "kwargs": {"mode": "stereo", "min_depth": 1.0, "max_depth": 80.0,
                                                        "proxy_weight": 1.0}},
         "train": {"out_dir": str(tmp_path / "run")},

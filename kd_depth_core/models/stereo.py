@@ -2,7 +2,10 @@
 
 `model(left, right)` on a rectified pair (right camera at +x):
 1. one timm backbone on left and right (batched together);
-2. a correlation volume at stride `match_reduction` (default 4) over `max_disparity / r + 1` candidates;
+2. a correlation volume at stride `match_reduction` (default 4) over `max_disparity / r + 1` candidates
+   (r px apart), beside a classical block-matching volume on the images (`block_matching_volume`) over
+   1-px candidates, which the matching logits also start from, so the untrained network already
+   matches like block matching;
 3. a small 2D U-Net aggregates the volume with the left image's deeper context features into
    matching logits; a softmax over candidates gives a soft-argmin disparity (subpixel, in
    full-resolution pixels) and the spread of the matching distribution;
@@ -51,6 +54,40 @@ def correlation_volume(left: torch.Tensor, right: torch.Tensor, num_disparities:
     return torch.stack(slices, dim=1)
 
 
+def block_matching_volume(left: torch.Tensor, right: torch.Tensor, candidates: int, step: int, stride: int,
+                          block: int) -> torch.Tensor:
+    """Classical block matching on the images: (B,3,H,W) left and right in [0, 1] -> (B,D,H/stride,W/stride).
+
+    The mean absolute difference over a `block` x `block` window is computed for every integer
+    disparity; candidate k (k·step px, D = `candidates`) keeps the best of the disparities it stands
+    for, [k·step - step/2, k·step + step/2), so no match falls between candidates; the volume is then
+    pooled to `stride` and standardised along the candidates (higher = better match). Not learned and
+    without gradients: it gives the untrained network block matching's answer (SGBM without the
+    semi-global smoothing), and the aggregation learns the rest.
+    """
+    with torch.no_grad():
+        width, half = left.shape[-1], step // 2
+        best = left.new_full((left.shape[0], candidates, *left.shape[-2:]), float("inf"))
+        for d in range((candidates - 1) * step + step - half):
+            shifted = F.pad(right, (d, 0, 0, 0), mode="replicate")[..., :width] if d else right
+            sad = F.avg_pool2d((left - shifted).abs().mean(1, keepdim=True), block, stride=1, padding=block // 2,
+                               count_include_pad=False)
+            k = min((d + half) // step, candidates - 1)
+            best[:, k:k + 1] = torch.minimum(best[:, k:k + 1], sad)
+        cost = F.avg_pool2d(best, stride)
+        return -(cost - cost.mean(1, keepdim=True)) / (cost.std(1, keepdim=True) + 1e-3)
+
+
+def resample_candidates(volume: torch.Tensor, candidates: int) -> torch.Tensor:
+    """(B,D,h,w) over D evenly spaced disparities -> (B,candidates,h,w) over the same range (linear)."""
+    if volume.shape[1] == candidates:
+        return volume
+    batch, count, height, width = volume.shape
+    flat = volume.permute(0, 2, 3, 1).reshape(-1, 1, count)
+    flat = F.interpolate(flat, size=candidates, mode="linear", align_corners=True)
+    return flat.reshape(batch, height, width, candidates).permute(0, 3, 1, 2)
+
+
 def soft_argmin(logits: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Matching logits (B,D,H,W) over disparity `candidates` (D,) -> (expected disparity, std), each (B,1,H,W).
 
@@ -75,9 +112,11 @@ class CostAggregation(nn.Module):
     (one level per deeper backbone stride).
     """
 
-    def __init__(self, candidates: int, context_channels: Sequence[int], width: int) -> None:
+    def __init__(self, candidates: int, context_channels: Sequence[int], width: int,
+                 volume_channels: int | None = None) -> None:
         super().__init__()
-        self.stem = _conv(candidates + context_channels[0], width)
+        volume_channels = candidates if volume_channels is None else int(volume_channels)
+        self.stem = _conv(volume_channels + context_channels[0], width)
         self.down = nn.ModuleList()
         self.merge = nn.ModuleList()
         for channels in context_channels[1:]:
@@ -87,6 +126,7 @@ class CostAggregation(nn.Module):
         self.head = nn.Sequential(_conv(width, width, dilation=2), nn.Conv2d(width, candidates, 3, padding=1))
 
     def forward(self, volume: torch.Tensor, context: Sequence[torch.Tensor]) -> torch.Tensor:
+        """`volume` (B,`volume_channels`,h,w): the learned volume, then the classical one if any."""
         x = self.stem(torch.cat([volume, context[0]], 1))
         skips = [x]
         for down, merge, ctx in zip(self.down, self.merge, context[1:]):
@@ -147,21 +187,29 @@ class StereoMatchNet(nn.Module):
 
     def __init__(self, backbone: str, *, match_reduction: int = 4, max_disparity: int = 192, match_channels: int = 32,
                  aggregation_channels: int = 64, refine_channels: int = 32, uncertainty: bool = True,
-                 context_levels: int = 0, weights_path: str | os.PathLike | None = None) -> None:
+                 context_levels: int = 0, block_matching: int = 9, weights_path: str | os.PathLike | None = None) -> None:
         super().__init__()
         if max_disparity < match_reduction:
             raise ValueError(f"max_disparity: expected >= match_reduction ({match_reduction}) pixels, "
                              f"got {max_disparity}")
         self.match_reduction = int(match_reduction)
         self.max_disparity = int(max_disparity)
-        candidates = self.max_disparity // self.match_reduction + 1
+        self.block_matching = int(block_matching)
+        if self.block_matching < 0 or (self.block_matching and self.block_matching % 2 == 0):
+            raise ValueError(f"block_matching: expected 0 (off) or an odd block size, got {block_matching}")
+        # learned features can only shift by whole feature pixels (r px); the block-matching volume, on the
+        # images, resolves every pixel, so with it the matching logits are over 1-px candidates
+        self.disparity_step = 1 if self.block_matching else self.match_reduction
+        learned = self.max_disparity // self.match_reduction + 1
+        candidates = (learned - 1) * self.match_reduction // self.disparity_step + 1
         self.encoder = StereoEncoder(backbone, match_reduction=self.match_reduction, candidates=candidates,
                                      weights_path=weights_path)
         info = self.encoder.backbone_feature_info
         reductions = [int(i["reduction"]) for i in info]
         self.match_index = self.encoder.match_index
         # candidate disparities in full-resolution pixels (the volume samples every r-th)
-        self.register_buffer("candidates", torch.arange(candidates, dtype=torch.float32) * self.match_reduction,
+        self.learned_candidates = learned
+        self.register_buffer("candidates", torch.arange(candidates, dtype=torch.float32) * self.disparity_step,
                              persistent=False)
         self.register_buffer("rig", torch.tensor(DEFAULT_RIG, dtype=torch.float32))
         self.match_proj = nn.Conv2d(int(info[self.match_index]["num_chs"]), int(match_channels), 1)
@@ -173,7 +221,11 @@ class StereoMatchNet(nn.Module):
         self.context_proj = nn.ModuleList(nn.Conv2d(int(info[i]["num_chs"]), aggregation_channels // 2, 1)
                                           for i in context)
         self.aggregation = CostAggregation(candidates, [aggregation_channels // 2] * len(context),
-                                           int(aggregation_channels))
+                                           int(aggregation_channels),
+                                           volume_channels=candidates * (2 if self.block_matching else 1))
+        if self.block_matching:
+            # logits = learned + bm_scale * block-matching score: the untrained net starts at block matching
+            self.bm_scale = nn.Parameter(torch.tensor(10.0))
         # refinement strides r/2, ..., 1, guided by the left feature at that stride when the backbone has one
         self.refine_strides = []
         stride = self.match_reduction
@@ -220,9 +272,15 @@ class StereoMatchNet(nn.Module):
         features = self.encoder(torch.cat([left, right], 0))
         lefts = [f[:batch] for f in features]
         proj = self.match_proj(features[self.match_index])
-        volume = correlation_volume(proj[:batch], proj[batch:], len(self.candidates))
+        volume = correlation_volume(proj[:batch], proj[batch:], self.learned_candidates)
+        volume = resample_candidates(volume, len(self.candidates))
         context = [p(lefts[i]) for p, i in zip(self.context_proj, self.context_index)]
-        logits = self.aggregation(volume, context)
+        if self.block_matching:
+            classical = block_matching_volume(left, right, len(self.candidates), self.disparity_step,
+                                              self.match_reduction, self.block_matching)
+            logits = self.aggregation(torch.cat([volume, classical], 1), context) + self.bm_scale * classical
+        else:
+            logits = self.aggregation(volume, context)
         disparity, spread = soft_argmin(logits, self.candidates)
         by_stride = {self.match_reduction: disparity}
         hidden = None
@@ -262,11 +320,12 @@ class StereoMatchNet(nn.Module):
 def stereo_teacher(*, backbone: str = "resnet34", cost_volume_reductions: Sequence[int] = (4,),
                    max_disparity: int = 192, match_channels: int = 32, aggregation_channels: int = 64,
                    refine_channels: int = 32, uncertainty: bool = True, context_levels: int = 0,
-                   weights_path: str | os.PathLike | None = None) -> StereoMatchNet:
+                   block_matching: int = 9, weights_path: str | os.PathLike | None = None) -> StereoMatchNet:
     """`max_disparity`: full-resolution pixels searched at the training width (fx·B / nearest depth).
     The matching stride is the smallest of `cost_volume_reductions`; `context_levels`: backbone strides
-    (from the matching one down) whose left features guide the aggregation, 0 = all."""
+    (from the matching one down) whose left features guide the aggregation, 0 = all; `block_matching`:
+    the window (px, odd) of the classical block-matching volume added to the learned one, 0 = off."""
     return StereoMatchNet(backbone, match_reduction=int(min(cost_volume_reductions)), max_disparity=max_disparity,
                           match_channels=match_channels, aggregation_channels=aggregation_channels,
                           refine_channels=refine_channels, uncertainty=uncertainty, context_levels=context_levels,
-                          weights_path=weights_path)
+                          block_matching=block_matching, weights_path=weights_path)
