@@ -5,8 +5,8 @@ given by ``step`` is skipped with strides, no per-pixel Python) and messages are
 buffers (``array.array('B')`` from the array's bytes, one memcpy; the nodes' per-frame outputs fill a
 reused :class:`ImageBuffer`, no copy at all). Conventions (REP 118, see
 docs/architecture.md): depth is ``32FC1`` metres with NaN for "no estimate"; ``16UC1`` depth is
-millimetres with 0 = invalid. Images handed to the core are RGB ``uint8`` (H, W, 3), gray (H, W)
-``uint8`` or ``uint16``.
+millimetres with 0 = invalid. Camera images handed to the core are RGB ``uint8`` (H, W, 3), decoded by
+:mod:`kd_depth_ros.image_decode` (the converter's and the recorder's decoder too).
 
 Bad messages raise ``ValueError`` naming the field (``encoding``, ``step``, ``data``, ``format``,
 ``k``/``p``) and what was expected.
@@ -21,6 +21,9 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, Poi
 from std_msgs.msg import Header
 from stereo_msgs.msg import DisparityImage
 
+from kd_depth_ros.image_decode import CAMERA_ENCODINGS, decode_rgb8
+from kd_depth_ros.stamps import stamp_ns
+
 # encoding -> (numpy dtype, channels)
 ENCODINGS: dict[str, tuple[np.dtype, int]] = {
     "rgb8": (np.dtype(np.uint8), 3),
@@ -34,15 +37,13 @@ ENCODINGS: dict[str, tuple[np.dtype, int]] = {
 }
 """Supported ``sensor_msgs/Image`` encodings."""
 
-IMAGE_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "16UC1")
-"""Encodings accepted as *camera* input by the depth nodes (32FC1 is depth, not a camera image)."""
+IMAGE_ENCODINGS = CAMERA_ENCODINGS
+"""Encodings accepted as *camera* input (the shared decoder's table; 32FC1 is depth, not a camera image)."""
 
 DEPTH_ENCODINGS = ("32FC1", "16UC1")
 """Depth encodings: 32FC1 metres (NaN invalid) and 16UC1 millimetres (0 invalid)."""
 
 COMPRESSED_FORMATS = ("jpeg", "png")
-
-_TO_RGB = {"bgr8": cv2.COLOR_BGR2RGB, "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB}
 
 
 def _message_backed_array(shape: tuple[int, ...], dtype: np.dtype) -> tuple[array.array, np.ndarray]:
@@ -157,22 +158,11 @@ class ImageBuffer:
         return _image_message(self._view, self.encoding, self._data, header)
 
 
-def to_model_input(image: np.ndarray, encoding: str) -> np.ndarray:
-    """Camera array in ``encoding`` -> what the predictor takes: RGB uint8 (H, W, 3) or gray (H, W) uint8/uint16."""
-    if encoding not in IMAGE_ENCODINGS:
-        raise ValueError(f"encoding: {encoding!r} is not a camera image; expected one of {', '.join(IMAGE_ENCODINGS)}")
-    if encoding in _TO_RGB:
-        return cv2.cvtColor(image, _TO_RGB[encoding])
-    return image
-
-
 def image_msg_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
-    """Camera message (raw or compressed) -> RGB uint8 (H, W, 3), or gray (H, W) uint8/uint16 for mono input."""
-    if isinstance(msg, CompressedImage):
-        image, encoding = compressed_to_numpy(msg)
-    else:
-        image, encoding = image_to_numpy(msg), msg.encoding
-    return to_model_input(image, encoding)
+    """Camera message (raw or compressed) -> RGB uint8 (H, W, 3): :func:`kd_depth_ros.image_decode.decode_rgb8`,
+    the decoder the bag converter and the recorder use, so the node sees the pixels it was trained on (every
+    encoding in :data:`IMAGE_ENCODINGS`; 16-bit input by its one 16 -> 8 bit rule). ValueError naming the field."""
+    return decode_rgb8(msg)
 
 
 # --------------------------------------------------------------------------- CompressedImage <-> numpy
@@ -502,5 +492,5 @@ class PointCloudBuilder:
 
 
 def header_stamp_ns(header: Header) -> int:
-    """Header stamp as integer nanoseconds."""
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+    """Header stamp as integer nanoseconds (:func:`kd_depth_ros.stamps.stamp_ns`)."""
+    return stamp_ns(header)

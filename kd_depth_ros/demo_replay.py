@@ -58,6 +58,7 @@ def replay(model: str, data_root: Path, frames_count: int, rate_hz: float, param
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
     from kd_depth_ros.conversions import numpy_to_image
+    from kd_depth_ros.stamps import set_stamp, stamp_ns
 
     frames, K, frame_id = load_frames(data_root, frames_count)
     height, width = frames[0].shape[:2]
@@ -79,8 +80,7 @@ def replay(model: str, data_root: Path, frames_count: int, rate_hz: float, param
 
         def recorder(name: str):
             def callback(msg) -> None:
-                stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-                received[name].append((stamp, time.perf_counter()))
+                received[name].append((stamp_ns(msg), time.perf_counter()))
             return callback
 
         node.create_subscription(Image, "depth", recorder("depth"), 10)
@@ -93,14 +93,14 @@ def replay(model: str, data_root: Path, frames_count: int, rate_hz: float, param
         info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
 
         def publish(index: int) -> None:
-            stamp_ns = 10**18 + index * 10**8
+            stamp = 10**18 + index * 10**8
             msg = numpy_to_image(frames[index % len(frames)], "rgb8")
             msg.header.frame_id = frame_id
-            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10**9)
+            set_stamp(msg.header, stamp)
             info.header = msg.header
             info_pub.publish(info)
             image_pub.publish(msg)
-            sent_at[stamp_ns] = time.perf_counter()
+            sent_at[stamp] = time.perf_counter()
 
         # Wait for the node to come up and answer: keep sending the first frame until depth arrives.
         deadline = time.monotonic() + settle_s

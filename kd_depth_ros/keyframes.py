@@ -1,20 +1,23 @@
-"""Choosing the frames of a training sequence: stamp matching, keyframes by motion, splitting at gaps.
+"""Choosing the frames of a training sequence: keyframes by motion, splitting at gaps.
 
-Used by the bag converter and the live recorder alike. Stamps are header stamps in integer
+Used by :class:`kd_depth_ros.sequence_builder.SequenceBuilder` (bag converter and live recorder alike);
+stamp matching is :mod:`kd_depth_ros.sync` (``NearestStampMatcher`` and ``Matched`` are re-exported here). Stamps are header stamps in integer
 nanoseconds. Motion is the mean absolute difference of downscaled grayscale frames in grey
 levels (0..255) against the last *kept* frame, so slow motion accumulates until it is enough.
 """
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any
 
 import cv2
 import numpy as np
 
-NS_PER_S = 1_000_000_000
+from kd_depth_ros.stamps import NS_PER_S
+from kd_depth_ros.sync import Matched, NearestStampMatcher
+
+__all__ = ["NS_PER_S", "KeyframeSelector", "Matched", "NearestStampMatcher", "SegmentSplitter", "motion_score",
+           "motion_thumbnail"]
 
 
 def motion_thumbnail(rgb: np.ndarray, max_width: int = 80) -> np.ndarray:
@@ -86,102 +89,3 @@ class SegmentSplitter:
             self.segment += 1
         self._last_stamp, self._last_key = stamp_ns, camera_key
         return self.segment, new
-
-
-@dataclass
-class Matched:
-    """A primary item with its matched partners (None where no partner came within the tolerance)."""
-
-    stamp_ns: int
-    item: Any
-    partners: dict[str, Any]
-
-
-class NearestStampMatcher:
-    """Match each primary item (e.g. a left image) to the nearest-stamped item of each partner stream.
-
-    ``tolerances_s[name]`` bounds |stamp difference| for stream ``name`` (``inf``: any distance).
-    Streams in ``before_only`` match the latest item stamped at or before the primary instead
-    (e.g. "the latest camera_info"). Items may arrive interleaved across streams, each stream in
-    increasing stamps. A primary is released by :meth:`ready` once its matches are final: every
-    partner stream has seen a stamp at or beyond ``stamp + tolerance`` (``stamp`` for unbounded
-    ones), or the primary stream has moved ``max_wait_s`` past it (a partner that stopped must not
-    hold frames forever). :meth:`finish` releases the rest. Primaries are released in arrival
-    order and should have increasing stamps. Memory stays bounded by the tolerance and wait windows.
-    """
-
-    def __init__(self, tolerances_s: dict[str, float], max_wait_s: float = 1.0,
-                 before_only: set[str] | frozenset = frozenset()) -> None:
-        self.tolerances: dict[str, int | None] = {}
-        for name, tol in tolerances_s.items():
-            if not tol >= 0:
-                raise ValueError(f"tolerance for {name!r}: expected >= 0 seconds, got {tol}")
-            self.tolerances[name] = None if tol == float("inf") or name in before_only else int(round(tol * NS_PER_S))
-        unknown = set(before_only) - set(tolerances_s)
-        if unknown:
-            raise ValueError(f"before_only: unknown stream(s) {sorted(unknown)}")
-        self.before_only = frozenset(before_only)
-        self.max_wait = int(round(max_wait_s * NS_PER_S))
-        self._pending: deque[tuple[int, Any]] = deque()
-        self._partners: dict[str, deque[tuple[int, Any]]] = {name: deque() for name in self.tolerances}
-        self._latest: dict[str, int] = {}
-        self._latest_primary: int | None = None
-
-    def add_primary(self, stamp_ns: int, item: Any) -> None:
-        self._pending.append((stamp_ns, item))
-        self._latest_primary = stamp_ns if self._latest_primary is None else max(self._latest_primary, stamp_ns)
-
-    def add(self, name: str, stamp_ns: int, item: Any) -> None:
-        """Add a partner item of stream ``name``."""
-        queue = self._partners[name]
-        queue.append((stamp_ns, item))
-        self._latest[name] = max(self._latest.get(name, stamp_ns), stamp_ns)
-        # bound memory: keep what a pending (or, without one, a not-yet-stale future) primary may need
-        keep_from = min(s for s, _ in self._pending) if self._pending else self._latest[name] - self.max_wait
-        self._prune(name, keep_from)
-
-    def _prune(self, name: str, stamp_ns: int) -> None:
-        """Forget partners that can match no primary stamped ``stamp_ns`` or later."""
-        queue, tol = self._partners[name], self.tolerances[name]
-        while len(queue) >= 2 and queue[1][0] <= stamp_ns:  # only the last one at or before the stamp can win
-            queue.popleft()
-        if tol is not None:
-            while queue and queue[0][0] < stamp_ns - tol:
-                queue.popleft()
-
-    def _final(self, stamp_ns: int) -> bool:
-        if self._latest_primary is not None and self._latest_primary - stamp_ns > self.max_wait:
-            return True
-        return all(self._latest.get(name, -1) >= stamp_ns + (tol or 0) for name, tol in self.tolerances.items())
-
-    def _match(self, stamp_ns: int) -> dict[str, Any]:
-        partners = {}
-        for name, queue in self._partners.items():
-            self._prune(name, stamp_ns)
-            tol = self.tolerances[name]
-            best, best_dt = None, None
-            for stamp, item in queue:
-                if name in self.before_only:
-                    if stamp <= stamp_ns:
-                        best = item
-                    continue
-                dt = abs(stamp - stamp_ns)
-                if (tol is None or dt <= tol) and (best_dt is None or dt < best_dt):
-                    best, best_dt = item, dt
-            partners[name] = best
-        return partners
-
-    def ready(self) -> Iterator[Matched]:
-        """Release primaries whose matches can no longer change, oldest first."""
-        while self._pending and self._final(self._pending[0][0]):
-            stamp, item = self._pending.popleft()
-            yield Matched(stamp, item, self._match(stamp))
-
-    def finish(self) -> Iterator[Matched]:
-        """Release every pending primary (end of input)."""
-        while self._pending:
-            stamp, item = self._pending.popleft()
-            yield Matched(stamp, item, self._match(stamp))
-
-    def __len__(self) -> int:
-        return len(self._pending)

@@ -3,10 +3,12 @@
 Subscribes ``image`` + ``camera_info`` (mono) or ``left/image``, ``left/camera_info``,
 ``right/image``, ``right/camera_info`` (``stereo: true``; pairs matched by header stamp within
 ``stereo_slop_s``), as raw ``sensor_msgs/Image`` or, with ``image_transport: compressed``, the
-``.../compressed`` topics. Frames go through the same selection as the bag converter: a new
+``.../compressed`` topics. Frames go through the bag converter's own pipeline
+(:class:`kd_depth_ros.sequence_builder.SequenceBuilder` and the shared image decoder): a new
 sequence after a stamp gap or a calibration change, keyframes by motion, rectification from
 K/D/R/P and optional resizing; they are written by ``SequenceWriter`` on a background thread, so
-callbacks never block on disk. Services ``~/start`` and ``~/stop`` (std_srvs/Trigger) begin and
+callbacks never block on disk. A jpeg/png camera whose frames need no remap or resize is stored
+as it encoded them when ``image_format`` matches. Services ``~/start`` and ``~/stop`` (std_srvs/Trigger) begin and
 end a recording; ``autostart`` records from launch. Recording stops cleanly, committing a complete
 sequence, when free disk space falls below ``min_free_disk_mb`` and on shutdown (Ctrl-C).
 ``recorder_node --help`` lists topics and parameters without starting ROS.
@@ -23,12 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
-
-from kd_depth_ros.keyframes import KeyframeSelector, SegmentSplitter
 from kd_depth_ros.params import ParameterError, ParamSpec, declare, help_text
-from kd_depth_ros.rectify import RECTIFY_MODES, CalibrationError, CameraCalibration, looks_rectified, prepare_frame
+from kd_depth_ros.rectify import RECTIFY_MODES, CalibrationError, CameraCalibration, looks_rectified
+from kd_depth_ros.sequence_builder import BuildFrame, BuildSettings, SegmentResult, SequenceBuilder
+from kd_depth_ros.stamps import stamp_ns
 
 NODE_NAME = "recorder_node"
 RECORDER_ID = "kd_depth_ros.recorder_node"
@@ -109,36 +109,28 @@ def free_megabytes(path: Path) -> float:
     return shutil.disk_usage(path).free / 1e6
 
 
-def _to_rgb(image: np.ndarray) -> np.ndarray:
-    """conversions.image_msg_to_rgb output (RGB, or gray uint8/uint16) -> RGB uint8."""
-    if image.ndim == 2:
-        if image.dtype == np.uint16:
-            image = (image >> 8).astype(np.uint8)
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    return np.ascontiguousarray(image)
-
-
 class SequenceRecorder:
-    """The writing side, run on one background thread: frame selection, rectification, SequenceWriter.
+    """The writing side, run on one background thread: the shared :class:`SequenceBuilder` (segment split,
+    keyframes, decoding with :mod:`kd_depth_ros.image_decode`, rectification, SequenceWriter).
 
     ``put(frame)`` enqueues (dropping and counting when the queue is full); ``close(reason)`` ends the
-    current sequence. ``decode(msg)`` gives RGB or gray arrays (``conversions.image_msg_to_rgb``);
-    ``log(level, text)`` reports.
+    current sequence; ``log(level, text)`` reports. Frames hold the ROS messages as received.
     """
 
-    def __init__(self, values: dict[str, Any], decode, log, already_rectified: bool) -> None:
-        self.values, self.decode, self.log = values, decode, log
-        self.already_rectified = already_rectified
+    def __init__(self, values: dict[str, Any], log, already_rectified: bool) -> None:
+        self.values, self.log = values, log
         self.out_root = Path(values["output_dir"])
         self.queue: queue.Queue = queue.Queue(maxsize=int(values["queue_size"]))
-        self.keyframes = KeyframeSelector(float(values["min_motion"]))
-        self.splitter = SegmentSplitter(float(values["max_gap_s"]))
-        self.writer = None
+        settings = BuildSettings(rectify=values["rectify"], width=values["width"] or None,
+                                 height=values["height"] or None, min_motion=float(values["min_motion"]),
+                                 max_gap_s=float(values["max_gap_s"]), min_frames=int(values["min_frames"]),
+                                 image_format=values["image_format"], already_rectified=already_rectified)
+        self.builder = SequenceBuilder(settings, self._open_writer, on_end=self._ended)
         self.name = ""
         self.start_label = ""
         self.counter = 0
-        self.last_stamp: int | None = None
         self.written: list[str] = []
+        self._last_text = "no sequence in progress"
         self.stats = {"received": 0, "kept": 0, "static": 0, "queue_full": 0, "bad_input": 0, "out_of_order": 0}
         self._thread = threading.Thread(target=self._run, name="sequence-writer", daemon=True)
         self._thread.start()
@@ -183,8 +175,7 @@ class SequenceRecorder:
                 self._end_sequence("new recording")
                 if item.label != self.start_label:
                     self.start_label, self.counter = item.label, 0
-                self.last_stamp = None
-                self.splitter = SegmentSplitter(float(self.values["max_gap_s"]))
+                self.builder.reset()
                 continue
             try:
                 self._frame(item)
@@ -193,28 +184,38 @@ class SequenceRecorder:
                 self.log("warning", f"skipped a frame: {exc}")
             except Exception as exc:  # the disk or anything else: end this sequence, keep running
                 self.log("error", f"writing {self.name} failed ({type(exc).__name__}: {exc}); sequence discarded")
-                if self.writer is not None:
-                    self.writer.abort()
-                    self.writer = None
+                self.builder.abort()
+
+    def _open_writer(self, index: int, camera, has_right: bool, image_format: str):
+        from kd_depth_core.data.sequence import SequenceWriter
+
+        self.name = self._next_name()
+        source = {"recorder": RECORDER_ID, "settings": {k: self.values[k] for k in (
+            "rectify", "width", "height", "min_motion", "max_gap_s", "min_frames", "stereo_slop_s")}}
+        writer = SequenceWriter(self.out_root / self.name, camera, has_right=has_right, source=source,
+                                image_format=image_format)
+        self.log("info", f"recording {self.name}")
+        return writer
+
+    def _ended(self, result: SegmentResult) -> None:
+        if result.path is None:
+            self._last_text = (f"{self.name}: {result.frames} keyframe(s) < min_frames {self.values['min_frames']}; "
+                               "discarded")
+        else:
+            self.written.append(self.name)
+            self._last_text = f"{result.path} ({result.frames} frames) committed"
 
     def _end_sequence(self, reason: str) -> str:
-        writer, self.writer = self.writer, None
-        if writer is None:
+        if not self.builder.writing:
             return "no sequence in progress"
-        if len(writer) < int(self.values["min_frames"]):
-            writer.abort()
-            text = f"{self.name}: {len(writer)} keyframe(s) < min_frames {self.values['min_frames']}; discarded"
-        else:
-            try:
-                path = writer.close()
-            except OSError as exc:
-                writer.abort()
-                return f"{self.name}: could not be committed ({exc})"
-            self.written.append(self.name)
-            text = f"{path} ({len(writer)} frames) committed"
+        try:
+            self.builder.end_segment()
+        except OSError as exc:
+            self.builder.abort()
+            return f"{self.name}: could not be committed ({exc})"
         counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.stats.items())
-        self.log("info", f"{text} [{reason}; frames so far: {counts}]")
-        return text
+        self.log("info", f"{self._last_text} [{reason}; frames so far: {counts}]")
+        return self._last_text
 
     def _next_name(self) -> str:
         """<prefix>_<recording start, UTC>_<NNN>, skipping names already taken."""
@@ -225,46 +226,29 @@ class SequenceRecorder:
                 return name
 
     def _frame(self, frame: _Frame) -> None:
-        values = self.values
-        if self.last_stamp is not None and frame.stamp_ns <= self.last_stamp:
+        if self.builder.out_of_order(frame.stamp_ns):
             self.stats["out_of_order"] += 1
             return
-        self.last_stamp = frame.stamp_ns
         left_calib = CameraCalibration.from_msg(frame.left_info, where="camera_info")
         right_calib = None if frame.right is None else CameraCalibration.from_msg(frame.right_info,
                                                                                    where="right/camera_info")
-        _, new = self.splitter.update(frame.stamp_ns, (left_calib.key, right_calib and right_calib.key))
-        if new:
-            self._end_sequence("stamp gap or calibration change" if self.writer is not None else "new sequence")
-            self.keyframes = KeyframeSelector(float(values["min_motion"]))
-        left = _to_rgb(self.decode(frame.left))
-        keep, _ = self.keyframes.accept(left)
-        if not keep:
+        had_writer = self.builder.writing
+        segment = self.builder.segment
+        outcome = self.builder.add(BuildFrame(frame.stamp_ns, frame.left, left_calib, frame.right, right_calib))
+        if had_writer and self.builder.segment is not segment:  # a stamp gap or calibration change ended it
+            counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.stats.items())
+            self.log("info", f"{self._last_text} [stamp gap or calibration change; frames so far: {counts}]")
+        if outcome == "kept":
+            self.stats["kept"] += 1
+        elif outcome == "static":
             self.stats["static"] += 1
-            return
-        right = None if frame.right is None else _to_rgb(self.decode(frame.right))
-        left, right, camera = prepare_frame(left, left_calib, right, right_calib, mode=values["rectify"],
-                                            already_rectified=self.already_rectified,
-                                            width=values["width"] or None, height=values["height"] or None)
-        if self.writer is None:
-            from kd_depth_core.data.sequence import SequenceWriter
-
-            self.name = self._next_name()
-            source = {"recorder": RECORDER_ID, "settings": {k: values[k] for k in (
-                "rectify", "width", "height", "min_motion", "max_gap_s", "min_frames", "stereo_slop_s")}}
-            self.writer = SequenceWriter(self.out_root / self.name, camera, has_right=right is not None,
-                                         source=source, image_format=values["image_format"])
-            self.log("info", f"recording {self.name}")
-        self.writer.add_frame(frame.stamp_ns, left, right=right)
-        self.stats["kept"] += 1
+        elif outcome == "undecodable":
+            self.stats["bad_input"] += 1
+            self.log("warning", f"skipped a frame: {self.builder.warnings[-1] if self.builder.warnings else ''}")
 
 
 def _print_log(level: str, text: str) -> None:
     print(f"[{level.upper()}] [{NODE_NAME}]: {text}", file=sys.stderr, flush=True)
-
-
-def _stamp_ns(msg) -> int:
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
 
 
 def make_node_class():
@@ -273,7 +257,6 @@ def make_node_class():
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image
     from std_srvs.srv import Trigger
 
-    from kd_depth_ros import conversions
     from kd_depth_ros.qos import IncompatibleQosWarner, make_qos
     from kd_depth_ros.sync import StampSynchronizer
 
@@ -308,8 +291,7 @@ def make_node_class():
                 self.qos_warner.watch(info_sub, qos, fix)
             self.sync = (StampSynchronizer(2, self.values["stereo_slop_s"], self.values["sync_queue_size"])
                          if self.values["stereo"] else None)
-            self.recorder = SequenceRecorder(self.values, conversions.image_msg_to_rgb, self._log,
-                                             looks_rectified(self.subs[0].topic_name))
+            self.recorder = SequenceRecorder(self.values, self._log, looks_rectified(self.subs[0].topic_name))
             self.create_service(Trigger, "~/start", self._on_start)
             self.create_service(Trigger, "~/stop", self._on_stop)
             self.create_timer(self.values["disk_check_period_s"], self._check_disk)
@@ -378,16 +360,16 @@ def make_node_class():
                 if info is None:
                     self._warn_no_info("camera_info")
                     return
-                self.recorder.put(_Frame(_stamp_ns(msg), msg, info))
+                self.recorder.put(_Frame(stamp_ns(msg), msg, info))
                 return
-            pair = self.sync.add(0 if side == "left" else 1, _stamp_ns(msg), msg)
+            pair = self.sync.add(0 if side == "left" else 1, stamp_ns(msg), msg)
             if pair is None:
                 return
             left_info, right_info = self._infos.get("left"), self._infos.get("right")
             if left_info is None or right_info is None:
                 self._warn_no_info("left/camera_info" if left_info is None else "right/camera_info")
                 return
-            self.recorder.put(_Frame(_stamp_ns(pair[0]), pair[0], left_info, pair[1], right_info))
+            self.recorder.put(_Frame(stamp_ns(pair[0]), pair[0], left_info, pair[1], right_info))
 
         def _warn_no_info(self, topic: str) -> None:
             self.get_logger().warning(f"no {topic} received yet: frames are skipped until it arrives",

@@ -339,3 +339,27 @@ def test_compressed_stereo_pair_is_stored_as_recorded(tmp_path):
     assert seq.meta["image_format"] == "jpg" and seq.has_right and seq.camera.baseline == pytest.approx(BASELINE)
     assert (seq.path / "right" / "000003.jpg").read_bytes() == bytes(msgs[13].fields["data"])
     assert (seq.path / "left" / "000003.jpg").read_bytes() == bytes(msgs[12].fields["data"])
+
+
+@pytest.mark.parametrize("encoding", sorted(__import__("kd_depth_ros.image_decode").image_decode.ENCODINGS))
+def test_every_decoder_encoding_round_trips_bag_to_sequence(tmp_path, encoding):
+    """Each encoding of the shared decoder's table converts, and the stored frame is exactly what the decoder
+    (the node's and the recorder's too) makes of the message: the camera trains on what it runs."""
+    from kd_depth_ros import image_decode
+
+    dtype, channels, _ = image_decode.ENCODINGS[encoding]
+    rows = H * 3 // 2 if encoding in ("nv12", "nv21") else H
+    rng = np.random.default_rng(len(encoding))
+    msgs = []
+    for i in range(3):
+        high = 65536 if dtype == np.uint16 else 256
+        pixels = rng.integers(0, high, (rows, W * channels)).astype(dtype)  # rows of wire elements
+        msgs.append(bf.image("/cam/image_raw", pixels, T0 + i * DT, encoding=encoding))
+        msgs[-1].fields.update(height=H, width=W)
+        msgs.append(bf.camera_info("/cam/camera_info", T0 + i * DT, W, H, K))
+    summary = convert_bag(bf.write_bag(tmp_path / "enc", msgs, "mcap"), tmp_path / "out", ConvertOptions(min_motion=0))
+    assert summary.frames_written == 3, summary.line()
+    seq = validate_sequence(tmp_path / "out" / "enc_000")
+    for i in range(3):
+        expected = image_decode.decode_rgb8(bf._build(bf.TS2, msgs[2 * i]))
+        np.testing.assert_array_equal(seq.load_left(i), expected)

@@ -1,6 +1,7 @@
 """Bad bags and bad requests give a named error, say what was expected, and leave no partial output."""
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -45,13 +46,70 @@ def _data_file(bag: Path) -> Path:
 
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
-def test_truncated_bag_is_a_read_error(tmp_path, storage):
-    bag = mono_bag(tmp_path / "cut", storage)
+def test_truncated_bag_converts_what_is_readable_and_says_what_was_lost(tmp_path, storage, capsys):
+    """A recording cut at 2/3 of its file (the recorder was killed): the complete messages convert, byte for byte
+    as from the whole bag, and the summary says how many were recovered and lost, where, and how to repair."""
+    whole = mono_bag(tmp_path / "whole", storage, frames=30)
+    convert_bag(whole, tmp_path / "ref", ConvertOptions(min_motion=0))
+    bag = mono_bag(tmp_path / "cut", storage, frames=30)
     data = _data_file(bag)
     with open(data, "r+b") as handle:
         handle.truncate(data.stat().st_size * 2 // 3)
-    with pytest.raises(bc.BagReadError, match=r"cut.*(corrupt|truncated)"):
+    summary = convert_bag(bag, tmp_path / "out", ConvertOptions(min_motion=0))
+    recovered = int(re.search(r"recovered (\d+) complete messages, (\d+) of 60 lost", summary.truncated).group(1))
+    lost = 60 - recovered
+    assert f"{lost} of 60 lost" in summary.truncated and 10 <= recovered < 60
+    assert "mcap recover" in summary.truncated and "sqlite3" in summary.truncated
+    assert (data.name in summary.truncated) and summary.warnings[0] == summary.truncated
+    assert summary.sequences_written == ["cut_000"] and 5 <= summary.frames_written <= recovered // 2 + 1
+    seq, ref = Sequence(tmp_path / "out" / "cut_000"), Sequence(tmp_path / "ref" / "whole_000")
+    assert len(seq) == summary.frames_written and len(ref) == 30
+    for i in range(len(seq)):  # the same frames as the whole bag gave, in order
+        assert seq.stamps_ns[i] == ref.stamps_ns[i]
+        np.testing.assert_array_equal(seq.load_left(i), ref.load_left(i))
+    assert bc.main([str(bag), "--out", str(tmp_path / "cli"), "--quiet", "--min-motion", "0"]) == 0
+    assert "WARNING: truncated bag" in capsys.readouterr().out
+
+
+def test_damage_midway_keeps_what_was_read_before_it(tmp_path):
+    """The bag opens (its index is whole) but a record in the third 1 MiB chunk is damaged: the frames before it
+    are converted and the summary says how many messages were read and lost."""
+    import struct
+
+    frames = bf.textured_frames(40, 200, 150)
+    msgs = []
+    for i, frame in enumerate(frames):
+        msgs += [bf.image("/cam/image_raw", frame, T0 + i * DT),
+                 bf.camera_info("/cam/camera_info", T0 + i * DT, 200, 150, bf.intrinsics(200, 150))]
+    bag = bf.write_bag(tmp_path / "hurt", msgs, "mcap")
+    data_file = _data_file(bag)
+    data, pos, chunks = bytearray(data_file.read_bytes()), 8, []
+    while data[pos] != 0x0F:  # top-level records up to DataEnd; remember where each chunk's first record starts
+        length = struct.unpack_from("<Q", data, pos + 1)[0]
+        if data[pos] == 0x06:
+            chunks.append(pos + 9 + 28 + 4 + struct.unpack_from("<I", data, pos + 9 + 28)[0] + 8)
+        pos += 9 + length
+    assert len(chunks) >= 3
+    struct.pack_into("<Q", data, chunks[2] + 1, 2**40)  # that record now claims a terabyte
+    data_file.write_bytes(bytes(data))
+    summary = convert_bag(bag, tmp_path / "out", ConvertOptions(min_motion=0))
+    read = int(re.search(r"reading stopped after (\d+) of 80 messages", summary.truncated).group(1))
+    assert f"{80 - read} messages after it are lost" in summary.truncated and "mcap recover" in summary.truncated
+    assert 0 < summary.frames_written == summary.frames_read < 40
+    seq = Sequence(tmp_path / "out" / "hurt_000")
+    np.testing.assert_array_equal(seq.load_left(len(seq) - 1), frames[len(seq) - 1])
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_bag_with_nothing_readable_is_one_clear_error(tmp_path, storage):
+    bag = mono_bag(tmp_path / "cut", storage)
+    data = _data_file(bag)
+    with open(data, "r+b") as handle:
+        handle.truncate(40)
+    with pytest.raises(bc.BagReadError, match=r"cut: cannot open the bag .* no complete message could be recovered "
+                                              r"from cut\.(db3|mcap).*mcap recover") as caught:
         convert_bag(bag, tmp_path / "out")
+    assert "\n" not in str(caught.value)
     assert_no_output(tmp_path / "out")
 
 
@@ -201,6 +259,8 @@ def test_appending_a_bag_updates_train_split_and_rerun_without_topic_is_accepted
     assert splits_before.split() == train[: len(splits_before.split())]
     assert any(name.startswith("second_") for name in train)
     assert "train.txt" in stdout
+    # a mono bag: the suggested teacher command must not ask for right images
+    assert "data.root=" in stdout and "data.stereo=false task.kwargs.mode=mono task.kwargs.proxy_weight=0" in stdout
 
 
 def test_convert_bag_out_is_a_file_or_unwritable(tmp_path):
@@ -210,3 +270,24 @@ def test_convert_bag_out_is_a_file_or_unwritable(tmp_path):
     rc, _, stderr = _cli([str(bag), "--out", str(afile)])
     assert rc == 2 and "is a file" in stderr and "Traceback" not in stderr
     assert len(stderr.strip().splitlines()) == 1
+
+
+def test_validate_warns_about_sequences_in_no_split_and_says_how_to_add_them(tmp_path, capsys):
+    import shutil
+
+    from kd_depth_core.cli import main as cli_main
+    from kd_depth_core.data.sequence import append_to_split
+
+    out = tmp_path / "out"
+    convert_bag(mono_bag(tmp_path / "first"), out)
+    assert bc.main([str(mono_bag(tmp_path / "second")), "--out", str(out), "-q"]) == 0  # writes the splits
+    shutil.copytree(out / "first_000", out / "copied_000")  # added by hand: in no split
+    capsys.readouterr()
+    assert cli_main(["validate", str(out), "--quick"]) == 0
+    text = capsys.readouterr().out
+    [warning] = [line for line in text.splitlines() if line.startswith("WARNING")]
+    assert "1 sequence(s)" in warning and "copied_000" in warning and "first_000" not in warning
+    assert str(out / "splits" / "train.txt") in warning and "convert-bag" in warning and "--split" in warning
+    assert append_to_split(out) == ["copied_000"]
+    assert cli_main(["validate", str(out), "--quick"]) == 0
+    assert "WARNING" not in capsys.readouterr().out

@@ -171,7 +171,7 @@ def test_dataset_rejects_missing_parts(tmp_path):
     with SequenceWriter(tmp_path / "mono", CameraModel(W, H, camera().K)) as writer:
         for i in range(3):
             writer.add_frame(i + 1, frame(i)["left"])
-    with pytest.raises(SequenceError, match="mono: stereo=True but the sequence has no right images"):
+    with pytest.raises(SequenceError, match="mono: data.stereo=true but the sequence has no right images"):
         SequenceDataset(tmp_path, ["mono"], stereo=True)
 
 

@@ -196,6 +196,55 @@ def test_start_record_stop_gives_a_valid_sequence(mono):
     assert not feeder.call(feeder.stop_client).success  # nothing to stop
 
 
+def bayer_rggb(rgb: np.ndarray) -> np.ndarray:
+    """The RGGB mosaic a Bayer camera would give for an RGB frame (H, W even)."""
+    mosaic = rgb[..., 1].copy()
+    mosaic[0::2, 0::2], mosaic[1::2, 1::2] = rgb[0::2, 0::2, 0], rgb[1::2, 1::2, 2]
+    return mosaic
+
+
+def test_live_recording_equals_the_same_stream_converted_from_a_bag(mono, tmp_path):
+    """One Bayer stream, published live to the recorder and written to a bag and converted: the recorder's
+    frames are byte-identical to the converter's for the same stamps, with the same camera metadata."""
+    from sensor_msgs.msg import Image
+
+    from kd_depth_ros.bag_converter import ConvertOptions, convert_bag
+
+    feeder, out, _ = mono
+    before = set(sequences(out))
+    image_pub, info_pub = feeder.pubs[""]
+    assert feeder.call(feeder.start_client).success
+    bag_msgs, published = [], []
+    for i in range(20, 32):
+        stamp = T0 + i * DT
+        mosaic = bayer_rggb(FRAMES[i])
+        header = Header(frame_id="camera_optical_frame")
+        header.stamp.sec, header.stamp.nanosec = divmod(stamp, 10**9)
+        info = CameraInfo(header=header, width=W, height=H, distortion_model="plumb_bob", k=K.reshape(-1).tolist(),
+                          r=np.eye(3).reshape(-1).tolist(), p=np.hstack([K, np.zeros((3, 1))]).reshape(-1).tolist())
+        info_pub.publish(info)
+        image_pub.publish(Image(header=header, height=H, width=W, encoding="bayer_rggb8", step=W,
+                                data=mosaic.tobytes()))
+        published.append(stamp)
+        bag_msgs += [bf.image("/cam/image_raw", mosaic, stamp, encoding="bayer_rggb8"),
+                     bf.camera_info("/cam/camera_info", stamp, W, H, K)]
+        end = time.monotonic() + 0.03
+        while time.monotonic() < end:
+            feeder.executor.spin_once(timeout_sec=0.005)
+    response = feeder.call(feeder.stop_client)
+    assert response.success and "committed" in response.message, response.message
+    [path] = set(sequences(out)) - before
+    live = validate_sequence(path)
+    convert_bag(bf.write_bag(tmp_path / "same", bag_msgs, "mcap"), tmp_path / "conv", ConvertOptions(image_format="png"))
+    converted = validate_sequence(tmp_path / "conv" / "same_000")
+    index = {stamp: k for k, stamp in enumerate(converted.stamps_ns.tolist())}
+    assert len(live) >= 3 and set(live.stamps_ns.tolist()) <= set(index) <= set(published)
+    for k, stamp in enumerate(live.stamps_ns.tolist()):
+        assert live.frame_path("left", k).read_bytes() == converted.frame_path("left", index[stamp]).read_bytes()
+    assert live.meta["camera"] == converted.meta["camera"]
+    assert np.abs(live.load_left(0).astype(int) - FRAMES[20]).mean() < 40  # demosaiced, not grey or garbage
+
+
 def test_stop_while_frames_keep_coming_leaves_a_complete_sequence(mono):
     feeder, out, _ = mono
     before = set(sequences(out))

@@ -74,7 +74,26 @@ def test_colour_orders_become_rgb():
         assert rgb.shape == (2, 2, 3)
         assert rgb[1, 1].tolist() == expected
     mono = conversions.image_msg_to_rgb(conversions.numpy_to_image(np.full((2, 2), 9, np.uint8), "mono8"))
-    assert mono.shape == (2, 2) and mono.dtype == np.uint8
+    assert mono.shape == (2, 2, 3) and mono.dtype == np.uint8 and (mono == 9).all()
+    mono16 = conversions.image_msg_to_rgb(conversions.numpy_to_image(np.array([[128, 129]], np.uint16), "mono16"))
+    assert mono16[0].tolist() == [[0, 0, 0], [1, 1, 1]]  # the shared 16 -> 8 rule, as the converter trains on
+
+
+def test_node_decoder_takes_every_encoding_the_converter_trains_on():
+    """rclpy messages in Bayer / YUV / 16-bit encodings decode in the node exactly as the shared decoder does."""
+    from kd_depth_ros import image_decode
+
+    tile = np.tile(np.array([[200, 100], [100, 50]], np.uint8), (2, 2))
+    cases = {"bayer_rggb8": (tile, 4), "yuv422": (np.array([[128, 100, 200, 100]], np.uint8), 4),
+             "bayer_grbg16": (tile.astype(np.uint16) * 257, 8)}
+    for encoding, (data, step) in cases.items():
+        height, width = data.shape[0], step // (data.itemsize * (2 if encoding == "yuv422" else 1))
+        msg = raw_image(encoding, height, width, step, data.astype(data.dtype.newbyteorder("<")).tobytes())
+        rgb = conversions.image_msg_to_rgb(msg)
+        assert rgb.shape == (height, width, 3) and rgb.dtype == np.uint8
+        np.testing.assert_array_equal(rgb, image_decode.decode_rgb8(msg))
+    assert (conversions.image_msg_to_rgb(raw_image("bayer_rggb8", 4, 4, 4, tile.tobytes())) == [200, 100, 50]).all()
+    assert set(conversions.IMAGE_ENCODINGS) >= {"yuv422", "uyvy", "yuyv", "bayer_bggr16", "mono16", "nv12"}
 
 
 def test_errors_name_the_field():

@@ -122,7 +122,7 @@ def test_cli_generates_refuses_to_overwrite_and_forces(tmp_path, capsys):
     assert "kd-depth validate" in printed and "2 street sequences" in printed
     seq = validate_sequence(out / "street_000")
     assert (seq.camera.width, seq.camera.height) == (48, 16) and seq.camera.baseline == pytest.approx(0.3)
-    assert kd_depth_main(args) == 1
+    assert kd_depth_main(args) == 2
     assert "--force" in capsys.readouterr().err
     assert kd_depth_main(args + ["--force"]) == 0
     with pytest.raises(SystemExit) as exc:

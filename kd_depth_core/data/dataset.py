@@ -66,7 +66,10 @@ class SequenceDataset(Dataset):
             raise SequenceError(f"{self.root}: the SGBM proxy needs the right images (stereo=True)")
         for seq in self.sequences:
             if stereo and not seq.has_right:
-                raise SequenceError(f"{seq.path}: stereo=True but the sequence has no right images")
+                raise SequenceError(f"{seq.path}: data.stereo=true but the sequence has no right images (a mono "
+                                    "dataset); for teacher_ms_dpt.yaml add data.stereo=false task.kwargs.mode=mono "
+                                    "task.kwargs.proxy_weight=0 (teacher_stereo.yaml and distill_adu.yaml need "
+                                    "stereo data)")
             if load_depth and not seq.has_depth:
                 raise SequenceError(f"{seq.path}: load_depth=True but the sequence has no depth")
             if load_semantic and not seq.has_semantic:

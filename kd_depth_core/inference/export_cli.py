@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest accepted relative difference to eager PyTorch (default 1e-4)")
     parser.add_argument("--no-verify", action="store_true", help="skip the comparison with eager PyTorch")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.out.endswith(expected_suffix):
         print(f"kd-depth export: --out {args.out}: a {args.fmt} export must be named *{expected_suffix}",
               file=sys.stderr)
+        return 2
+    if Path(args.out).exists() and not args.force:
+        print(f"kd-depth export: --out {args.out} already exists; pass --force to replace it", file=sys.stderr)
         return 2
     try:
         model, metadata = load_model(args.model, device="cpu")

@@ -30,7 +30,10 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator:
     """Open a temporary file beside `path`; on success fsync and rename it onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # name the file the caller asked for, not the hidden temporary one
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     try:
         os.chmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as handle:
@@ -59,7 +62,10 @@ def temporary_dir_for(final: str | os.PathLike) -> Path:
     """A fresh, hidden temporary folder beside `final` (same file system, so rename is atomic)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, str(final)) from None
     os.chmod(tmp, 0o777 & ~current_umask())
     return tmp
 

@@ -65,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if os.path.exists(args.out) and not args.force:
-        print(f"error: {args.out} already exists; pass --force to replace it", file=sys.stderr)
-        return 1
+        print(f"kd-depth synth: error: --out {args.out} already exists; pass --force to replace it or choose "
+              "another --out", file=sys.stderr)
+        return 2
     tune_allocator()
     summary = generate_dataset(args.out, spec, workers=args.workers, overwrite=args.force, progress=True)
     rate = summary.frames / max(summary.seconds, 1e-9)
