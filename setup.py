@@ -1,6 +1,7 @@
 """One ament_python package, `kd_depth_ros`, installing both Python packages.
 
-`kd_depth_core` (pure PyTorch) and `kd_depth_ros` (ROS glue). Console scripts land in
+`kd_depth_core` (pure PyTorch) and `kd_depth_ros` (ROS glue, and `kd_depth_ros.demo`: the main job, which
+uses both; `kd-depth demo`). Console scripts land in
 `lib/kd_depth_ros/` through setup.cfg, which is where `ros2 run` and `ros2 launch` look.
 """
 from glob import glob
@@ -39,5 +40,8 @@ setup(
     entry_points={
         "console_scripts": ["kd-depth = kd_depth_core.cli:main"]
         + [f"{name} = {module}:main" for name, module in NODES],
+        # `kd-depth` commands of the packages that depend on kd_depth_core (kd_depth_core.cli.PLUGIN_GROUP):
+        # each names a {command: (module, help)} table, so the core never imports ROS to dispatch.
+        "kd_depth.commands": ["ros = kd_depth_ros.cli_plugin:COMMANDS", "demo = kd_depth_ros.demo:COMMANDS"],
     },
 )

@@ -258,13 +258,33 @@ def test_warp_sources_shapes_and_bad_pose_shape():
         warp_sources(sources, torch.ones(2, 1, 6, 8), K, poses[:, :2])
 
 
+def test_masked_cross_entropy_class_weights_by_hand_over_three_classes() -> None:
+    """One labelled pixel per class, each with another loss, so a weight on the wrong class or a mean
+    normalised by the pixel count instead of the weight sum gives another number."""
+    # class 0: logits (0, 0, 0) -> ln 3; class 1: (ln 2, 0, 0) -> p = 1/4 -> ln 4; class 2: (0, 0, ln 6) ->
+    # p = 6/8 -> ln(4/3); the fourth pixel is ignored (255) whatever its logits
+    logits = torch.tensor([[0.0, math.log(2.0), 0.0, 9.0],
+                           [0.0, 0.0, 0.0, -9.0],
+                           [0.0, 0.0, math.log(6.0), 0.0]]).view(1, 3, 1, 4)
+    labels = torch.tensor([[[0, 1, 2, 255]]])
+    ce = (math.log(3.0), math.log(4.0), math.log(4.0 / 3.0))
+    assert masked_cross_entropy(logits, labels) == pytest.approx(sum(ce) / 3, rel=1e-6)
+    weight = torch.tensor([1.0, 2.0, 4.0])
+    expected = (1 * ce[0] + 2 * ce[1] + 4 * ce[2]) / 7
+    assert masked_cross_entropy(logits, labels, weight=weight) == pytest.approx(expected, rel=1e-6)
+    # permuting the weights moves them to other classes: another value (weights follow the labels)
+    other = (4 * ce[0] + 1 * ce[1] + 2 * ce[2]) / 7
+    assert masked_cross_entropy(logits, labels, weight=torch.tensor([4.0, 1.0, 2.0])) == pytest.approx(other, rel=1e-6)
+    assert abs(expected - other) > 0.1
+
+
 def test_masked_cross_entropy_by_hand_skips_ignored_pixels() -> None:
     # pixel a: logits (0, 0), label 0 -> ln 2; pixel b: (ln 3, 0), label 0 -> -ln(3/4); pixel c ignored
     logits = torch.tensor([[0.0, math.log(3.0), 5.0], [0.0, 0.0, -5.0]]).view(1, 2, 1, 3)
     labels = torch.tensor([[[0, 0, 255]]])
     a, b = math.log(2.0), -math.log(0.75)
     assert masked_cross_entropy(logits, labels) == pytest.approx((a + b) / 2, rel=1e-6)
-    # class weights (2, 1): both pixels are class 0, so the weighted mean is the same
+    # class weights (2, 1) with every labelled pixel in class 0: the weighted mean is the plain mean
     assert masked_cross_entropy(logits, labels, weight=torch.tensor([2.0, 1.0])) == pytest.approx((a + b) / 2, rel=1e-6)
     assert masked_cross_entropy(logits, torch.full((1, 1, 3), 255)) == 0.0  # nothing labelled: 0, not NaN
     with pytest.raises(ValueError, match=r"labels: expected shape \(B,H,W\) = \(1, 1, 3\)"):

@@ -153,10 +153,13 @@ def test_stereo_teacher_uses_the_right_image() -> None:
     left, right = torch.rand(1, 3, HEIGHT, WIDTH), torch.rand(1, 3, HEIGHT, WIDTH, requires_grad=True)
     model(left, right)["disp"][0].sum().backward()
     assert float(right.grad.abs().sum()) > 0  # the disparity depends on the right view
-    # the returned features carry the matching probabilities over max_disparity / 4 + 1 candidates at stride 4
+    # the returned features carry the matching probabilities at stride 4: with block matching over 1-px
+    # candidates (max_disparity + 1), without it over the learned volume's max_disparity / 4 + 1
     volumes = {info["reduction"]: info["num_chs"] for info in model.feature_info}
     backbone = {info["reduction"]: info["num_chs"] for info in model.encoder.backbone_feature_info}
-    assert {r: volumes[r] - backbone[r] for r in volumes} == {2: 0, 4: 9, 8: 0, 16: 0, 32: 0}
+    assert {r: volumes[r] - backbone[r] for r in volumes} == {2: 0, 4: 33, 8: 0, 16: 0, 32: 0}
+    plain = create_model("stereo_teacher", **TINY_KWARGS["stereo_teacher"], block_matching=0)
+    assert {i["reduction"]: i["num_chs"] for i in plain.feature_info}[4] - backbone[4] == 9
     with pytest.raises(ValueError, match="left .* and right .* must have the same shape"):
         model(left, torch.rand(1, 3, HEIGHT, 2 * WIDTH))
 

@@ -1,6 +1,8 @@
-"""TeacherWrapper: MC-dropout ensemble statistics, preprocessing from metadata, frozen, fingerprint."""
+"""TeacherWrapper: MC-dropout ensemble statistics, input resize, normalisation once (in the encoder), frozen,
+fingerprint."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 
@@ -34,7 +36,7 @@ class ConstantDispNet(nn.Module):
 
 def metadata(height: int = 8, width: int = 12, **fields) -> ModelMetadata:
     values = dict(model_name="constant_test", model_kwargs={}, input_height=height, input_width=width,
-                  mean=(0.1, 0.2, 0.3), std=(0.5, 0.5, 0.5), size_multiple=1, min_depth=MIN_DEPTH,
+                  mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), size_multiple=1, min_depth=MIN_DEPTH,
                   max_depth=MAX_DEPTH, scale_kind="metric", focal_length_px=None, stereo=False,
                   has_uncertainty=False, training_config={}, created_by="test")
     values.update(fields)
@@ -86,7 +88,7 @@ def test_ensemble_mean_and_std_match_the_known_dropout_distribution():
     assert net.seen.shape == (2 * 400, 3, 8, 12)
 
 
-def test_preprocessing_follows_the_teacher_metadata():
+def test_preprocessing_resizes_to_the_teacher_input_and_keeps_rgb_in_0_1():
     net = ConstantDispNet(0.4, 0.0)
     teacher = TeacherWrapper((net, metadata(height=8, width=12)), num_samples=1)
     image = torch.empty(1, 3, 32, 48)
@@ -94,13 +96,47 @@ def test_preprocessing_follows_the_teacher_metadata():
         image[:, channel] = value
     out = teacher.predict(image, output_size=(4, 6))
     assert out["depth"].shape == (1, 1, 4, 6)
-    # resized to 8x12, then (x - mean) / std with mean (0.1, 0.2, 0.3), std 0.5
+    # resized to the teacher's 8x12; the values reach the network unchanged (its encoder normalises)
     assert net.seen.shape == (1, 3, 8, 12)
     expected = torch.tensor([0.2, 0.4, 0.6]).view(1, 3, 1, 1).expand(1, 3, 8, 12)
     assert torch.allclose(net.seen, expected, atol=1e-6)
     # one deterministic pass: disp 0.4 -> 1 / (0.1 + 0.9 * 0.4) m, no spread
     assert torch.allclose(out["depth"], torch.full((1, 1, 4, 6), 1 / 0.46))
     assert torch.equal(out["uncertainty"], torch.zeros(1, 1, 4, 6))
+
+
+def test_a_file_asking_for_outside_normalisation_is_refused():
+    """Normalisation happens once, in the encoder: metadata mean/std other than the identity would be ignored."""
+    with pytest.raises(ValueError, match=r"metadata mean \(0\.1, 0\.2, 0\.3\).*expected mean \(0, 0, 0\)"):
+        TeacherWrapper((ConstantDispNet(0.4, 0.0), metadata(mean=(0.1, 0.2, 0.3), std=(0.5, 0.5, 0.5))),
+                       num_samples=1)
+
+
+def test_the_teacher_network_sees_each_pixel_normalised_exactly_once():
+    """A real ViT teacher: its patch embedding receives (rgb - 0.5) / 0.5 (timm's ViT mean/std, by hand).
+
+    Pixels 0.1 / 0.3 / 0.9 are far from the fixed point of (x - m) / s (x = m / (1 - s) = 1.0), so
+    leaving normalisation out (0.1) or applying it twice (-1.6) gives another input.
+    """
+    model = tiny_ms_dpt()
+    meta = ModelMetadata.from_model(model, input_height=32, input_width=64, min_depth=0.1, max_depth=100.0,
+                                    scale_kind="metric", focal_length_px=None)
+    teacher = TeacherWrapper((model, meta), num_samples=1)
+    seen = {}
+    handle = model.encoder.body.patch_embed.register_forward_pre_hook(lambda _m, args: seen.update(x=args[0]))
+    image = torch.empty(1, 3, 32, 64)
+    for channel, value in enumerate((0.1, 0.3, 0.9)):
+        image[:, channel] = value
+    try:
+        depth = teacher.predict(image)["depth"]
+    finally:
+        handle.remove()
+    expected = torch.tensor([-0.8, -0.4, 0.8]).view(1, 3, 1, 1).expand(1, 3, 32, 64)
+    assert torch.allclose(seen["x"], expected, atol=1e-6)
+    # and the teacher's depth is the network's own on the [0, 1] image (nothing normalised before it)
+    with torch.no_grad():
+        direct = teacher.model(image)["disp"][0]
+    assert torch.allclose(depth, 1.0 / (1 / 100.0 + (1 / 0.1 - 1 / 100.0) * direct), rtol=1e-5)
 
 
 def test_teacher_is_frozen_and_stays_in_eval_mode():
@@ -141,10 +177,15 @@ def test_released_teacher_file_fingerprint(tmp_path):
     assert teacher.metadata.model_name == "ms_dpt_teacher" and teacher.input_size == (32, 64)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert file_sha256(path) == digest
-    assert teacher.fingerprint == hashlib.sha256(f"{digest}|samples=3|size=32x64".encode()).hexdigest()
     out = teacher.predict(torch.rand(2, 3, 16, 32))
     assert out["depth"].shape == (2, 1, 16, 32) and bool((out["uncertainty"] > 0).any())
-    assert 0.1 <= float(out["depth"].min()) and float(out["depth"].max()) <= 100.0
+    # the file's network, not another: one deterministic pass equals the loaded network's own depth
+    single = TeacherWrapper(path, num_samples=1)
+    image = torch.rand(1, 3, 32, 64)
+    with torch.no_grad():
+        direct = tiny_ms_dpt(0).eval()(image)["disp"][0]
+    assert torch.allclose(single.predict(image)["depth"], 1.0 / (1 / 100.0 + (1 / 0.1 - 1 / 100.0) * direct),
+                          rtol=1e-5)
     # same bytes elsewhere -> same fingerprint; other weights or sample count -> another one
     copy = tmp_path / "copy.safetensors"
     copy.write_bytes(path.read_bytes())
@@ -152,5 +193,8 @@ def test_released_teacher_file_fingerprint(tmp_path):
     assert TeacherWrapper(path, num_samples=4).fingerprint != teacher.fingerprint
     other = released_teacher(tmp_path / "other.safetensors", seed=1)
     assert TeacherWrapper(other, num_samples=3).fingerprint != teacher.fingerprint
+    resized = dataclasses.replace(teacher.metadata, input_height=64, input_width=128)
+    assert TeacherWrapper((teacher.model, resized), num_samples=3).fingerprint != \
+        TeacherWrapper((teacher.model, teacher.metadata), num_samples=3).fingerprint
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         TeacherWrapper(tmp_path / "missing.safetensors")

@@ -42,7 +42,7 @@ def _write_zero_model(path, min_depth: float = 1.0, max_depth: float = 3.0, ster
 
     if stereo:
         model = create_model("stereo_teacher", backbone="lcnet_050", max_disparity=16, match_channels=8,
-                             aggregation_channels=16, refine_channels=8)
+                             aggregation_channels=16, refine_channels=8, block_matching=0)
     else:
         model = create_model("student_lcnet", backbone="lcnet_050", decoder_channels=(8, 8, 8, 8), uncertainty=True)
     with torch.no_grad():

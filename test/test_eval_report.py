@@ -212,3 +212,39 @@ def test_evaluate_command_runs_the_real_predictor_at_model_resolution(tmp_path, 
         assert results["mean"][name] == pytest.approx(by_disparity[name], rel=1e-4, abs=1e-6), name
     assert results["mean"]["abs_rel"] != pytest.approx(by_depth["abs_rel"], rel=0.05)
     assert results["num_images"] == 2
+
+
+def test_evaluate_command_with_a_real_student_and_the_real_predictor(tmp_path, capsys):
+    """A real student_lcnet (random weights, so its depth depends on the pixels), released, then `kd-depth
+    evaluate` -> DepthPredictor -> evaluate(), nothing stubbed. Ground truth is the model's own depth on
+    camera A (fx 100 px at 192 px, the training focal): AbsRel 0. Camera B has twice the focal length, so
+    the metric model's depth doubles (fx / fx_train) and AbsRel is |2g - g| / g = 1 exactly."""
+    import torch
+
+    from kd_depth_core.inference.predictor import DepthPredictor
+    from kd_depth_core.models import create_model
+    from kd_depth_core.models.io import ModelMetadata, save_model
+
+    torch.manual_seed(0)
+    net = create_model("student_lcnet", backbone="lcnet_050").eval()
+    meta = ModelMetadata.from_model(net, input_height=64, input_width=96, min_depth=1.0, max_depth=10.0,
+                                    scale_kind="metric", focal_length_px=50.0)  # fx at the 96 px input width
+    model = save_model(tmp_path / "student.safetensors", net, meta)
+    rng = np.random.default_rng(0)
+    image = cv2.resize(rng.integers(0, 256, (16, 24, 3), dtype=np.uint8), (192, 128), interpolation=cv2.INTER_CUBIC)
+    K_a = np.array([[100.0, 0, 96], [0, 100.0, 64], [0, 0, 1]])
+    gt = DepthPredictor(model, device="cpu").predict(image, K=K_a).depth.astype(np.float32)
+    assert gt.shape == (128, 192) and float(gt.std()) > 1e-3 * float(gt.mean())  # pixel-dependent output
+    scores = {}
+    for name, fx in (("a", 100.0), ("b", 200.0)):
+        camera = CameraModel(192, 128, np.array([[fx, 0, 96], [0, fx, 64], [0, 0, 1]]))
+        with SequenceWriter(tmp_path / name / "seq", camera, has_depth=True) as writer:
+            writer.add_frame(1, image, depth=gt)
+        write_splits(tmp_path / name, {"test": ["seq"]})
+        args = _parse(evaluate_cli, ["--model", str(model), "--data", str(tmp_path / name), "--protocol", "sequence",
+                                     "--out", str(tmp_path / f"out_{name}"), "--no-progress", "--device", "cpu"])
+        assert evaluate_cli.run(args) == 0
+        scores[name] = read_json(tmp_path / f"out_{name}" / "results.json")["mean"]
+    capsys.readouterr()
+    assert scores["a"]["abs_rel"] < 1e-3 and scores["a"]["a1"] == 1.0
+    assert scores["b"]["abs_rel"] == pytest.approx(1.0, abs=1e-3) and scores["b"]["a1"] == 0.0

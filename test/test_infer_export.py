@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from kd_depth_core.inference import DepthPredictor, bench_cli, export_cli
+from kd_depth_core.inference.backends import open_export
 from kd_depth_core.inference.export import (
     ONNX_OPSET,
     export_onnx,
@@ -108,7 +109,7 @@ class MeanStereoNet(torch.nn.Module):
 
 def test_stereo_export_has_left_and_right_inputs(tmp_path):
     meta = ModelMetadata.from_dict(dict(
-        model_name="mean_stereo", model_kwargs={}, input_height=32, input_width=64, mean=(0.4,) * 3, std=(0.2,) * 3,
+        model_name="mean_stereo", model_kwargs={}, input_height=32, input_width=64, mean=(0.0,) * 3, std=(1.0,) * 3,
         size_multiple=32, min_depth=0.5, max_depth=50.0, scale_kind="metric", focal_length_px=None, stereo=True,
         has_uncertainty=False, training_config={}, created_by="test"))
     net = MeanStereoNet().eval()
@@ -117,6 +118,17 @@ def test_stereo_export_has_left_and_right_inputs(tmp_path):
     assert [i.name for i in session.get_inputs()] == ["left", "right"]
     assert [o.name for o in session.get_outputs()] == ["depth"]
     assert verify_export(path, net, meta).max_rel_error <= REL_TOL
+
+
+def test_export_refuses_metadata_asking_for_outside_normalisation(tmp_path):
+    """The encoder is the one normalisation site: an export graph never normalises, so it refuses to pretend."""
+    meta = ModelMetadata.from_dict(dict(
+        model_name="mean_stereo", model_kwargs={}, input_height=32, input_width=64, mean=(0.4,) * 3, std=(0.2,) * 3,
+        size_multiple=32, min_depth=0.5, max_depth=50.0, scale_kind="metric", focal_length_px=None, stereo=True,
+        has_uncertainty=False, training_config={}, created_by="test"))
+    with pytest.raises(ValueError, match=r"mean \(0\.4, 0\.4, 0\.4\).*normalise inside their encoder"):
+        export_onnx(MeanStereoNet().eval(), meta, tmp_path / "stereo.onnx")
+    assert not (tmp_path / "stereo.onnx").exists()
 
 
 def test_bad_export_files_are_refused(tmp_path, exports, tiny):
@@ -131,6 +143,9 @@ def test_bad_export_files_are_refused(tmp_path, exports, tiny):
     del proto.metadata_props[:]
     onnx.save(proto, str(bare))
     with pytest.raises(ModelFileError, match="bare.onnx: ONNX model without kd-depth metadata"):
+        open_export(bare, device="cpu")  # the kd-depth export reader
+    # the predictor takes an ONNX file without kd-depth metadata as a foreign model, which needs a model card
+    with pytest.raises(ValueError, match="bare.onnx: a foreign ONNX depth model needs a model card"):
         DepthPredictor(bare)
     with pytest.raises(ValueError, match="runs with backend 'onnxruntime', not 'torch'"):
         DepthPredictor(exports["onnx"], backend="torch")

@@ -116,23 +116,21 @@ def test_predict_batch_matches_single_predictions(predictor):
 
 @pytest.mark.parametrize("backend", ["torchscript", "onnxruntime"])
 def test_traced_and_onnx_backends_give_the_hand_computed_depth(backend):
-    other = DepthPredictor((BrightnessNet(), metadata(mean=(0.5,) * 3, std=(0.25,) * 3)), device="cpu",
-                           backend=backend)
+    other = DepthPredictor((BrightnessNet(), metadata()), device="cpu", backend=backend)
     assert other.backend == backend
     pred = other.predict(np.full((21, 33, 3), 0.75, np.float32), K=np.diag([150.0, 150.0, 1.0]))
-    # (0.75 - 0.5) / 0.25 = 1 reaches the network; K: 150 px at 33 wide -> 290.9 px at 64 wide -> × 2.909.
+    # 0.75 reaches the network (networks normalise in their encoder); K: 150 px at 33 wide -> 290.9 px at
+    # 64 wide -> × 2.909.
     factor = 150.0 * 64 / 33 / 100.0
     assert pred.scale_info.factor == pytest.approx(factor)
-    np.testing.assert_allclose(pred.depth, factor * expected_depth(1.0), rtol=1e-5)
+    np.testing.assert_allclose(pred.depth, factor * expected_depth(0.75), rtol=1e-5)
     np.testing.assert_allclose(pred.uncertainty, factor * 0.05, rtol=1e-5)
 
 
-def test_normalisation_from_metadata_runs_in_the_graph():
-    normalised = DepthPredictor((BrightnessNet(), metadata(mean=(0.5,) * 3, std=(0.5,) * 3)), device="cpu")
-    # (1 - 0.5) / 0.5 = 1 and (0.5 - 0.5) / 0.5 = 0 reach the network.
-    assert normalised.predict(grey(255)).depth[0, 0] == pytest.approx(expected_depth(1.0), rel=1e-5)
-    half = np.full((8, 8, 3), 0.5, np.float32)
-    assert normalised.predict(half).depth[0, 0] == pytest.approx(expected_depth(0.0), rel=1e-5)
+def test_metadata_that_asks_for_a_second_normalisation_is_refused():
+    # one normalisation site: the network's encoder; metadata mean/std other than identity would be ignored
+    with pytest.raises(ValueError, match="normalise inside their encoder"):
+        DepthPredictor((BrightnessNet(), metadata(mean=(0.5,) * 3, std=(0.5,) * 3)), device="cpu")
 
 
 @pytest.mark.parametrize("image, error, match", [

@@ -70,8 +70,25 @@ def test_bundled_model_loads_from_the_launch_default_path(installed):
     assert model.is_file() and model.stat().st_size <= 10 * 2**20
     from kd_depth_core.inference.predictor import DepthPredictor
 
+    source = ROOT / "models" / "default_student.safetensors"
+    assert model.read_bytes() == source.read_bytes()  # the file the repository ships, unchanged by the install
     predictor = DepthPredictor(model, device="cpu")
     image = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
     depth = predictor.predict(image).depth
     assert depth.shape == (48, 80) and np.isfinite(depth).all()
-    assert predictor.metadata.min_depth <= depth.min() and depth.max() <= predictor.metadata.max_depth
+    # a trained network, not a constant: on a rendered street frame its depth is far better than the best
+    # constant (the frame's own median depth); measured AbsRel 0.14 against 0.43
+    import cv2
+
+    from kd_depth_core.data.synthetic.generate import SynthSpec, generate_dataset
+
+    street = installed.parent.parent / "street"
+    generate_dataset(street, SynthSpec(preset="street", sequences=1, frames=2, width=320, height=96, seed=3),
+                     workers=1, overwrite=True, progress=False)
+    rgb = np.ascontiguousarray(cv2.imread(str(next(street.glob("*/left/000000.png"))))[:, :, ::-1])
+    gt = cv2.imread(str(next(street.glob("*/depth/000000.png"))), cv2.IMREAD_UNCHANGED) / 256.0
+    valid = (gt > 0) & (gt < 80)
+    pred = predictor.predict(rgb).depth[valid]
+    abs_rel = float(np.mean(np.abs(pred - gt[valid]) / gt[valid]))
+    constant = float(np.mean(np.abs(np.median(gt[valid]) - gt[valid]) / gt[valid]))
+    assert abs_rel < 0.5 * constant, (abs_rel, constant)

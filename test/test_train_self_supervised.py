@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from kd_depth_core.config import ConfigError, TrainConfig, config_from_dict
-from kd_depth_core.train.self_supervised import RESIDUAL_FLOOR, SelfSupervisedTask, photometric_uncertainty_nll
+from kd_depth_core.train.self_supervised import SelfSupervisedTask, photometric_uncertainty_nll
 from kd_depth_core.train.tasks import create_task
 from kd_depth_core.train.trainer import Trainer
 
@@ -141,19 +141,26 @@ def test_stereo_teacher_sees_the_pair_and_trains_its_uncertainty(tmp_path):
     assert task.predict_depth(batch).shape == (2, 1, H, W)
 
 
-def test_uncertainty_nll_minimum_is_depth_times_residual():
-    residual = torch.tensor([0.05, 0.2]).reshape(2, 1, 1, 1)
-    depth = torch.tensor([4.0, 10.0]).reshape(2, 1, 1, 1)
-    best = torch.log(depth * (residual + RESIDUAL_FLOOR))  # sigma = depth * residual (metres)
-    for kind, value_at_best in (("laplacian", 1.0), ("gaussian", 0.5)):
-        at_best = photometric_uncertainty_nll(residual, best, depth, kind=kind)
-        # NLL at the optimum: 1 + mean log(b) (Laplacian), 1/2 + mean log(b) (Gaussian), b = residual + floor.
-        assert at_best.item() == pytest.approx(value_at_best + torch.log(residual + RESIDUAL_FLOOR).mean().item())
-        for delta in (-0.2, 0.2):
-            assert photometric_uncertainty_nll(residual, best + delta, depth, kind=kind) > at_best
-    mask = torch.tensor([True, False]).reshape(2, 1, 1, 1)
-    masked = photometric_uncertainty_nll(residual, best, depth, mask)
-    assert masked.item() == pytest.approx(1.0 + math.log(0.05 + RESIDUAL_FLOOR))
+def test_uncertainty_nll_is_minimal_where_sigma_is_depth_times_residual():
+    """Found numerically (a fine grid of sigma), not from the implementation's constant: the best sigma is
+    depth x residual (metres), stays positive for a zero residual, and a mask leaves the other pixel out."""
+    residual = torch.tensor([0.05, 0.2, 0.0]).reshape(3, 1, 1, 1)
+    depth = torch.tensor([4.0, 10.0, 5.0]).reshape(3, 1, 1, 1)
+    sigmas = torch.logspace(-4, 1, 5001)  # 1e-4 .. 10 m
+    for kind in ("laplacian", "gaussian"):
+        for i in range(3):
+            values = torch.stack([photometric_uncertainty_nll(residual[i:i + 1], torch.log(s).view(1, 1, 1, 1),
+                                                              depth[i:i + 1], kind=kind) for s in sigmas])
+            best = float(sigmas[int(values.argmin())])
+            expected = float(depth[i] * residual[i])
+            assert best == pytest.approx(expected, abs=0.003 * float(depth[i])), (kind, i, best)
+            assert best > 10 * float(sigmas[0])  # a finite minimum, also at residual 0 (not the grid's end)
+    # a mask keeps only the first pixel: the value equals that pixel's alone
+    log_sigma = torch.log(depth * residual + 0.01)
+    masked = photometric_uncertainty_nll(residual, log_sigma, depth, torch.tensor([True, False, False]).view(3, 1, 1, 1))
+    alone = photometric_uncertainty_nll(residual[:1], log_sigma[:1], depth[:1])
+    assert masked.item() == pytest.approx(alone.item(), rel=1e-6)
+    assert masked.item() != pytest.approx(photometric_uncertainty_nll(residual, log_sigma, depth).item(), rel=1e-3)
 
 
 @pytest.mark.parametrize("change, fragment", [

@@ -67,10 +67,9 @@ class CameraModel:
 
     def scaled(self, width: int, height: int) -> CameraModel:
         """The same camera resampled to (width, height): fx, cx scale by x; fy, cy by y."""
-        sx, sy = width / self.width, height / self.height
-        K = self.K.copy()
-        K[0, :] *= sx
-        K[1, :] *= sy
+        from kd_depth_core.geometry import scale_intrinsics  # lazy: geometry imports torch, this module does not
+
+        K = scale_intrinsics(self.K, width / self.width, height / self.height)
         return CameraModel(width, height, K, list(self.distortion), self.distortion_model, self.rectified,
                            self.frame_id, self.baseline, self.right_frame_id)
 

@@ -1,1 +1,2 @@
-"""The main job (`kd-depth demo` / `make demo`): the whole pipeline on the built-in synthetic world."""
+"""The main job's core stages (synth, train, distil, evaluate, export, report); `kd_depth_ros.demo` composes them
+with the ROS 2 node replay into `kd-depth demo` / `make demo`."""

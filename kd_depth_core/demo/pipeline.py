@@ -1,6 +1,6 @@
-"""The main job: the whole kd-depth flow on the built-in synthetic world, one stage after another.
+"""The main job's core stages: the whole kd-depth flow on the built-in synthetic world, one after another.
 
-    synth → teacher → baseline → student → evaluate → export → ros → report
+    synth → teacher → baseline → student → evaluate → export → [extra stages] → report
 
 Each stage writes into its own folder under the output directory and, last, a ``stage.json``
 holding its settings' fingerprint and its results. A rerun reuses every finished stage whose
@@ -8,7 +8,9 @@ settings did not change, so an interrupted demo continues where it stopped. Stag
 from ``config/demo.yaml`` (presets ``full`` and ``fast``); training stages run the very same
 configs as ``kd-depth train`` / ``kd-depth distill`` with a few ``key=value`` overrides.
 
-The ROS stage runs in a child process (``kd_depth_ros.demo_replay``): this package never imports ROS.
+Stages that need more than this package (the ROS 2 node replay) are passed in as ``extra_stages``
+by the main job's composition, ``kd_depth_ros.demo.pipeline`` (`kd-depth demo`), which may depend on
+both packages: kd_depth_core never imports or starts ROS.
 """
 from __future__ import annotations
 
@@ -17,43 +19,22 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from kd_depth_core.demo.context import DemoContext
 from kd_depth_core.utils.atomic import write_text_atomic
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("synth", "teacher", "baseline", "student", "evaluate", "export", "ros", "report")
+STAGES = ("synth", "teacher", "baseline", "student", "evaluate", "export", "report")
+StageBody = Callable[[DemoContext, Path, dict[str, Any]], dict[str, Any]]
 
 
-def find_config_dir() -> Path:
-    """config/ of a source checkout, or share/kd_depth_ros/config of an installed package."""
-    candidates = [PACKAGE_ROOT / "config"]
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        candidates.append(Path(get_package_share_directory("kd_depth_ros")) / "config")
-    except Exception:  # noqa: BLE001 — not a ROS install: the source tree is the only place
-        pass
-    prefix = Path(sys.prefix) / "share" / "kd_depth_ros" / "config"
-    candidates.append(prefix)
-    for path in candidates:
-        if (path / "demo.yaml").is_file():
-            return path
-    raise FileNotFoundError("config/demo.yaml not found next to the package; run the demo from the repository "
-                            f"(looked in: {', '.join(str(c) for c in candidates)})")
-
-
-def load_preset(name: str, config_dir: Path | None = None) -> dict[str, Any]:
-    """The stage settings of preset ``name`` from config/demo.yaml."""
-    config_dir = config_dir or find_config_dir()
+def load_preset(name: str, config_dir: Path) -> dict[str, Any]:
+    """The stage settings of preset ``name`` from ``config_dir``/demo.yaml."""
     presets = yaml.safe_load((config_dir / "demo.yaml").read_text())
     if name not in presets:
         raise ValueError(f"{config_dir / 'demo.yaml'}: no preset {name!r}; presets: {', '.join(presets)}")
@@ -64,32 +45,11 @@ def fingerprint(settings: Any) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-@dataclass
-class DemoContext:
-    """Where things go and what earlier stages produced."""
-
-    out: Path
-    preset: dict[str, Any]
-    preset_name: str
-    config_dir: Path
-    device: str = "auto"
-    progress: bool = True
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def stage_dir(self, stage: str) -> Path:
-        return self.out / stage
-
-    @property
-    def data_root(self) -> Path:
-        return self.stage_dir("synth") / "street"
-
-
 def _say(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def run_stage(ctx: DemoContext, stage: str, body: Callable[[DemoContext, Path, dict[str, Any]], dict[str, Any]],
-              settings: dict[str, Any], depends: tuple[str, ...] = ()) -> dict[str, Any]:
+def run_stage(ctx: DemoContext, stage: str, body: StageBody, settings: dict[str, Any], depends: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run ``body`` unless ``stage.json`` records the same settings (and the same upstream results)."""
     folder = ctx.stage_dir(stage)
     marker = folder / "stage.json"
@@ -230,20 +190,6 @@ def stage_export(ctx: DemoContext, folder: Path, settings: dict[str, Any]) -> di
     return {"onnx": str(path), "check": dataclasses.asdict(check), "rel_tolerance": tolerance}
 
 
-def stage_ros(ctx: DemoContext, folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    command = [sys.executable, "-m", "kd_depth_ros.demo_replay", "--model", ctx.results["student"]["model"],
-               "--data", str(ctx.data_root), "--out", str(folder / "ros.json"),
-               "--frames", str(settings.get("frames", 50)), "--rate", str(settings.get("rate_hz", 10.0)),
-               "--device", ctx.device, "--params-file", str(ctx.config_dir / "mono_depth.yaml")]
-    env = dict(os.environ)
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    completed = subprocess.run(command, env=env, timeout=float(settings.get("timeout_s", 300)))
-    if completed.returncode != 0:
-        raise RuntimeError(f"the ROS replay failed (exit {completed.returncode}); rerun `{' '.join(command)}` "
-                           "to see why")
-    return json.loads((folder / "ros.json").read_text())
-
-
 def stage_report(ctx: DemoContext, folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
     from kd_depth_core.demo.report import write_report
 
@@ -251,10 +197,14 @@ def stage_report(ctx: DemoContext, folder: Path, settings: dict[str, Any]) -> di
     return {"report": str(path)}
 
 
-def run_demo(out: str | os.PathLike, preset: str = "full", device: str = "auto", progress: bool = True,
-             skip_ros: bool = False) -> Path:
-    """Run (or continue) the demo; returns the report's path."""
-    config_dir = find_config_dir()
+def run_demo(out: str | os.PathLike, config_dir: Path, preset: str = "full", device: str = "auto",
+             progress: bool = True, extra_stages: Sequence[tuple[str, StageBody, tuple[str, ...]]] = (),
+             report_settings: dict[str, Any] | None = None) -> Path:
+    """Run (or continue) the demo; returns the report's path.
+
+    ``extra_stages``: (name, body, upstream stages) run after ``export`` with the preset's ``name``
+    settings; the report depends on them. ``report_settings`` join the report stage's fingerprint.
+    """
     settings = load_preset(preset, config_dir)
     ctx = DemoContext(Path(out), settings, preset, config_dir, device=device, progress=progress)
     ctx.out.mkdir(parents=True, exist_ok=True)
@@ -264,8 +214,8 @@ def run_demo(out: str | os.PathLike, preset: str = "full", device: str = "auto",
     run_stage(ctx, "student", stage_student, settings["student"], ("synth", "teacher"))
     run_stage(ctx, "evaluate", stage_evaluate, settings["evaluate"], ("teacher", "student", "baseline"))
     run_stage(ctx, "export", stage_export, settings["export"], ("student",))
-    if not skip_ros:
-        run_stage(ctx, "ros", stage_ros, settings["ros"], ("student",))
-    record = run_stage(ctx, "report", stage_report, {"preset": preset, "skip_ros": skip_ros},
-                       ("evaluate", "export") + (() if skip_ros else ("ros",)))
+    for name, body, depends in extra_stages:
+        run_stage(ctx, name, body, settings[name], depends)
+    record = run_stage(ctx, "report", stage_report, {"preset": preset, **(report_settings or {})},
+                       ("evaluate", "export") + tuple(name for name, _, _ in extra_stages))
     return Path(record["report"])

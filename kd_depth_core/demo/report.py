@@ -6,14 +6,12 @@ import platform
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from kd_depth_core.demo.context import DemoContext
+from kd_depth_core.eval.protocols import KITTI_TABLE as TABLE_METRICS
 from kd_depth_core.utils.atomic import write_text_atomic
 
-if TYPE_CHECKING:
-    from kd_depth_core.demo.pipeline import DemoContext
-
-TABLE_METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
 CURVE_TAGS = ("loss", "photometric", "distill", "val/abs_rel")
 
 

@@ -31,21 +31,24 @@ student alone: no adapter, pose network or teacher weights are exported.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from kd_depth_core import geometry
 from kd_depth_core.config import ConfigError, TrainConfig
 from kd_depth_core.distill.adapters import FeatureAdapters
-from kd_depth_core.distill.kd_ms_dpt import StudentOptions, build_student, student_own_terms
+from kd_depth_core.distill.common import (
+    StudentDistillation,
+    StudentOptions,
+    build_student,
+    check_scale_weights,
+    set_depth_range,
+)
 from kd_depth_core.losses import (
     DEFAULT_SCALE_WEIGHTS,
 )
@@ -56,21 +59,17 @@ from kd_depth_core.losses.adu import (
     spatial_attention,
     standardize_features,
 )
-from kd_depth_core.models.io import ModelFileError, ModelMetadata, load_model
-from kd_depth_core.train.tasks import Task, register_task
+from kd_depth_core.models.frozen import FrozenNetwork, FrozenSource, load_frozen
+from kd_depth_core.models.io import ModelFileError
+from kd_depth_core.train.tasks import register_task
 
 log = logging.getLogger("kd_depth_core.distill")
 
-StereoTeacherSource = str | os.PathLike | tuple[nn.Module, ModelMetadata]
-
-
-def _panel(rgb: np.ndarray) -> torch.Tensor:
-    """(H,W,3) uint8 -> (3,H,W) float in [0, 1] (a TensorBoard image)."""
-    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float() / 255.0
+StereoTeacherSource = FrozenSource
 
 
 # --------------------------------------------------------------------------- the frozen stereo teacher
-class StereoTeacher(nn.Module):
+class StereoTeacher(FrozenNetwork):
     """Frozen stereo network -> left depth, its uncertainty and its fused features (the stereo
     counterpart of `distill.teacher.TeacherWrapper`, which runs monocular teachers).
 
@@ -78,18 +77,9 @@ class StereoTeacher(nn.Module):
     pair; the network must return `features` with `return_features=True` and have `feature_info`.
     """
 
-    def __init__(self, teacher: StereoTeacherSource, device: str | torch.device = "cpu") -> None:
-        super().__init__()
-        if isinstance(teacher, tuple):
-            if len(teacher) != 2 or not isinstance(teacher[0], nn.Module) or \
-                    not isinstance(teacher[1], ModelMetadata):
-                raise TypeError("teacher: expected a released model path or a (nn.Module, ModelMetadata) pair")
-            model, metadata = teacher
-            model = model.to(device)
-            self.source = f"<in-memory {metadata.model_name}>"
-        else:
-            model, metadata = load_model(Path(teacher), device=device)  # verifies the file's checksum
-            self.source = str(teacher)
+    def __init__(self, teacher: FrozenSource, device: str | torch.device = "cpu") -> None:
+        model, metadata, source = load_frozen(teacher, device)
+        super().__init__(model, metadata, (metadata.input_height, metadata.input_width), source)
         if not metadata.stereo:
             raise ValueError(f"teacher {self.source}: {metadata.model_name} is a monocular network; adu_depth needs a "
                              "stereo teacher (e.g. stereo_teacher, config/train/teacher_stereo.yaml); monocular "
@@ -97,44 +87,7 @@ class StereoTeacher(nn.Module):
         if not getattr(model, "feature_info", None):
             raise ValueError(f"teacher {self.source}: {metadata.model_name} has no feature_info; feature distillation "
                              "needs a network that returns its features (model(left, right, return_features=True))")
-        self.model = model
-        self.metadata = metadata
         self.feature_info: list[dict[str, int]] = [dict(info) for info in model.feature_info]
-        self.input_size = (int(metadata.input_height), int(metadata.input_width))
-        self.register_buffer("mean", torch.tensor(metadata.mean, dtype=torch.float32).view(1, 3, 1, 1),
-                             persistent=False)
-        self.register_buffer("std", torch.tensor(metadata.std, dtype=torch.float32).view(1, 3, 1, 1),
-                             persistent=False)
-        self.requires_grad_(False)
-        self.model.eval()
-
-    def train(self, mode: bool = True) -> StereoTeacher:
-        """The teacher network stays in eval mode whatever its owner asks (frozen BatchNorm, no dropout)."""
-        super().train(mode)
-        self.model.eval()
-        return self
-
-    @property
-    def min_depth(self) -> float:
-        return float(self.metadata.min_depth)
-
-    @property
-    def max_depth(self) -> float:
-        return float(self.metadata.max_depth)
-
-    @property
-    def scale_kind(self) -> str:
-        return self.metadata.scale_kind
-
-    def preprocess(self, image: torch.Tensor, name: str) -> torch.Tensor:
-        """(B,3,H,W) RGB in [0, 1] -> the teacher's input: resized to its input size, (x - mean) / std."""
-        if image.ndim != 4 or image.shape[1] != 3:
-            raise ValueError(f"{name}: expected shape (B,3,H,W) RGB in [0, 1], got {tuple(image.shape)}")
-        x = image.float().to(self.mean.device)
-        if tuple(x.shape[-2:]) != self.input_size:
-            antialias = x.shape[-2] > self.input_size[0] or x.shape[-1] > self.input_size[1]
-            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=antialias)
-        return (x - self.mean) / self.std
 
     @torch.no_grad()
     def predict(self, left: torch.Tensor, right: torch.Tensor,
@@ -156,13 +109,11 @@ class StereoTeacher(nn.Module):
             sigma = F.interpolate(sigma, size=size, mode="bilinear", align_corners=False)
         return {"depth": depth, "uncertainty": sigma, "features": [f.float() for f in out["features"]]}
 
-    def extra_repr(self) -> str:
-        return f"source={self.source!r}, {self.metadata.describe()}"
 
 
 # --------------------------------------------------------------------------- the task
 @register_task("adu_depth")
-class ADUDepthTask(Task):
+class ADUDepthTask(StudentDistillation):
     """Stereo teacher -> monocular student: attention-adapted features, focal response, uncertainty."""
 
     @dataclass
@@ -182,18 +133,12 @@ class ADUDepthTask(Task):
         target_min_depth: float = 0.0  # metres; pixels with teacher depth <= this are left out
         mode: Literal["mono", "stereo", "mono_stereo"] = "mono_stereo"  # photometric sources
 
-    checkpoint_exclude = ("teacher.",)
-
     def __init__(self, cfg: TrainConfig, options: Options | None = None) -> None:
         super().__init__(cfg, options)
         opt, where = self.options, f"{cfg.source}: task.kwargs"
         self._check_options(cfg, where)
         self.teacher = self._load_teacher(where)
-        self.min_depth = self.teacher.min_depth if opt.min_depth is None else float(opt.min_depth)
-        self.max_depth = self.teacher.max_depth if opt.max_depth is None else float(opt.max_depth)
-        if not 0 < self.min_depth < self.max_depth:
-            raise ConfigError(f"{where}: expected 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}")
-        self.scale_kind = self.teacher.scale_kind
+        set_depth_range(self, self.teacher, opt, where)
         build_student(self, cfg, opt, where, "adu_depth")
         self.adapters: FeatureAdapters | None = None
         if opt.feature_weight > 0:
@@ -230,10 +175,7 @@ class ADUDepthTask(Task):
         for name in ("attention_temperature", "focal_tau", "uncertainty_eps"):
             if not getattr(opt, name) > 0:
                 raise ConfigError(f"{where}.{name}: expected a positive number, got {getattr(opt, name)}")
-        if len(opt.scale_weights) != len(DEFAULT_SCALE_WEIGHTS) or any(w < 0 for w in opt.scale_weights) \
-                or sum(opt.scale_weights) <= 0:
-            raise ConfigError(f"{where}.scale_weights: expected {len(DEFAULT_SCALE_WEIGHTS)} numbers >= 0 (scales "
-                              f"0..3) with a positive sum, got {list(opt.scale_weights)}")
+        check_scale_weights(opt.scale_weights, where)
 
     def _load_teacher(self, where: str) -> StereoTeacher:
         path = Path(self.options.teacher_path)
@@ -246,9 +188,6 @@ class ADUDepthTask(Task):
             raise ConfigError(f"{where}.teacher_path: {error}") from error
 
     # ----------------------------------------------------------------------- the task contract
-    def deploy_model(self) -> nn.Module:
-        return self.student
-
     def _teacher_outputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         if "image_right" not in batch:
             raise KeyError("batch['image_right']: the stereo teacher needs the right images (data.stereo: true)")
@@ -315,34 +254,12 @@ class ADUDepthTask(Task):
                 loss = loss + opt.feature_weight * feature
                 parts.update(feature=feature.detach(), **{f"feature_r{s}": value.detach() for (s, _), value
                                                           in zip(self.adapters.pairs, per_pair)})
-            own, own_parts = student_own_terms(self, opt, batch, disps, out.get("log_sigma"), teacher_depth,
-                                               teacher_sigma, uncertainty_weight=valid)
+            own, own_parts = self.student_terms(batch, disps, out.get("log_sigma"), teacher_depth, teacher_sigma,
+                                                valid, self.pose_net, self.student)
             loss = loss + own
             parts.update(own_parts)
         return {"loss": loss, **parts}
 
-    @torch.no_grad()
-    def predict_depth(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The student's full-resolution depth (B,1,H,W) in metres (the teacher's scale kind)."""
-        disp = self.student(batch["image"])["disp"][0].float()
-        return geometry.disp_to_depth(disp, self.min_depth, self.max_depth)[1]
-
-    @torch.no_grad()
-    def visuals(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """First sample: image, student depth, teacher depth (same colour range), teacher sigma, student sigma."""
-        from kd_depth_core.utils.colorize import colorize_depth, colorize_uncertainty
-
-        first = {key: value[:1] for key, value in batch.items()}
-        out = self.student(first["image"])
-        student = geometry.disp_to_depth(out["disp"][0][0, 0].float(), self.min_depth, self.max_depth)[1]
-        teacher = self._teacher_outputs(first)
-        teacher_depth = teacher["depth"][0, 0]
-        low = float(min(student.min(), teacher_depth.min()))
-        high = max(float(max(student.max(), teacher_depth.max())), low * 1.01)
-        panels = {"image": first["image"][0].float().cpu(),
-                  "depth": _panel(colorize_depth(student.cpu().numpy(), low, high)),
-                  "teacher_depth": _panel(colorize_depth(teacher_depth.cpu().numpy(), low, high)),
-                  "teacher_uncertainty": _panel(colorize_uncertainty(teacher["uncertainty"][0, 0].cpu().numpy()))}
-        if "log_sigma" in out:
-            panels["uncertainty"] = _panel(colorize_uncertainty(torch.exp(out["log_sigma"][0, 0].float()).cpu().numpy()))
-        return panels
+    def teacher_depth_for_visuals(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        teacher = self._teacher_outputs(batch)
+        return teacher["depth"], teacher["uncertainty"]

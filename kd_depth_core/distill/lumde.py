@@ -2,7 +2,7 @@
 
 Method 2 of docs (LUMDE, Applied Sciences 2022): a heavy frozen teacher, a light student trained
 self-supervised, three distillation terms, and a Transformer discriminator trained adversarially.
-Built on method 1's task (`distill.kd_ms_dpt.KDMSDPTTask`), which it extends:
+Built on the monocular-teacher base method 1 uses (`distill.common.MonoTeacherDistillation`):
 
 - Teacher, pseudo-label cache, photometric term and pose network come from method 1 unchanged:
   a released teacher file (`teacher_path`; one deterministic pass by default, `num_samples: 1`),
@@ -10,9 +10,9 @@ Built on method 1's task (`distill.kd_ms_dpt.KDMSDPTTask`), which it extends:
   whose photometric loss (Monodepth2, the 'self_supervised' machinery) trains alongside
   distillation (`photometric_weight`). `deploy_model()` is the depth student alone.
 - Pixel-wise: method 1's multi-scale log-depth loss against the teacher depth (`distill_weight`,
-  `distill_loss`, `scale_weights`, ... as in kd_ms_dpt). Method 1's `forward` computes it (and the
-  photometric and uncertainty terms) as is; this task captures the student's output dict from
-  that same forward with a module hook, so the student runs once per generator step.
+  `distill_loss`, `scale_weights`, ... as in kd_ms_dpt) with the photometric and uncertainty terms:
+  `MonoTeacherDistillation.distillation_terms` on the student's output dict, which the pair-wise and
+  adversarial terms reuse, so the student runs once per generator step.
 - Pair-wise: the cosine-affinity matrix of the student on a pooled G x G grid against the
   teacher's (`losses.structure`; memory set by the grid, not the image): of log depth
   (`pairwise_source: depth`, centred per image when `pairwise_scale_invariant`) or of encoder
@@ -43,7 +43,7 @@ from torch import nn
 
 from kd_depth_core import geometry
 from kd_depth_core.config import ConfigError, TrainConfig
-from kd_depth_core.distill.kd_ms_dpt import KDMSDPTTask
+from kd_depth_core.distill.common import MonoTeacherDistillation
 from kd_depth_core.losses.adversarial import adversarial_weight, discriminator_loss, generator_loss
 from kd_depth_core.losses.structure import depth_structure_loss, log_depth_structure, pairwise_affinity_loss
 from kd_depth_core.models import discriminator as _discriminator  # noqa: F401  (registers transformer_discriminator)
@@ -53,11 +53,11 @@ BatchKey = tuple[Any, ...]
 
 
 @register_task("lumde")
-class LUMDETask(KDMSDPTTask):
+class LUMDETask(MonoTeacherDistillation):
     """Pixel-wise + pair-wise + adversarial distillation with a pose net in the student (module docstring)."""
 
     @dataclass
-    class Options(KDMSDPTTask.Options):
+    class Options(MonoTeacherDistillation.Options):
         num_samples: int = 1  # teacher passes per image (1 = one deterministic pass; >1 needs MC dropout)
         pairwise_weight: float = 1.0  # 0 = no pair-wise term
         pairwise_source: Literal["depth", "features"] = "depth"
@@ -75,6 +75,7 @@ class LUMDETask(KDMSDPTTask):
         discriminator_scale_invariant: bool = True  # show the discriminator mean-centred log depth
 
     phases: ClassVar[list[str]] = ["generator", "discriminator"]
+    method = "lumde"
 
     def __init__(self, cfg: TrainConfig, options: Options | None = None) -> None:
         super().__init__(cfg, options)
@@ -90,7 +91,6 @@ class LUMDETask(KDMSDPTTask):
                                                                     self.discriminator.parameters()):
             raise ConfigError(f"{where}.discriminator_model: {opt.discriminator_model!r} has no trainable parameters")
         self._stash: tuple[BatchKey, torch.Tensor, torch.Tensor] | None = None  # generator -> discriminator phase
-        self._recorded_labels: tuple[torch.Tensor, torch.Tensor, float] | None = None
 
     def _check_lumde_options(self, where: str) -> None:
         opt = self.options
@@ -135,12 +135,6 @@ class LUMDETask(KDMSDPTTask):
         keys = batch.get("frame_key")
         return (int(step), image.data_ptr(), tuple(image.shape), tuple(keys) if keys is not None else None)
 
-    def pseudo_labels(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Method 1's labels (teacher or cache); the last ones are kept for this step's other terms."""
-        labels = super().pseudo_labels(batch)
-        self._recorded_labels = labels
-        return labels
-
     def depth_from_disp(self, disp: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Sigmoid disparity (B,1,h,w) -> depth (B,1,H,W) metres at `size` (bilinear upsampling first)."""
         if tuple(disp.shape[-2:]) != tuple(size):
@@ -156,46 +150,21 @@ class LUMDETask(KDMSDPTTask):
     def teacher_features(self, image: torch.Tensor) -> torch.Tensor:
         """The teacher's feature map `pairwise_teacher_feature` for images (B,3,H,W) in [0, 1] (one eval pass)."""
         teacher = self.teacher
-        out = teacher.model(teacher.preprocess(image.to(teacher.mean.device)), return_features=True)
+        out = teacher.model(teacher.preprocess(image), return_features=True)
         features = out.get("features") if isinstance(out, dict) else None
         if not features:
             raise RuntimeError(f"teacher {teacher.source}: returns no 'features'; use task.kwargs.pairwise_source: "
                                "depth")
         return features[self.options.pairwise_teacher_feature].float()
 
-    def _student_with_capture(self, batch: dict[str, Any], need_features: bool
-                              ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Method 1's loss dict, and the student's output dict from that same forward (module hooks)."""
-        captured: dict[str, Any] = {}
-
-        def ask_features(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            return args, {**kwargs, "return_features": True}
-
-        def keep_output(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            captured["out"] = output
-
-        handles = [self.student.register_forward_hook(keep_output, with_kwargs=True)]
-        if need_features:
-            handles.append(self.student.register_forward_pre_hook(ask_features, with_kwargs=True))
-        self._recorded_labels = None
-        try:
-            parts = super().forward(batch)
-        finally:
-            for handle in handles:
-                handle.remove()
-        if "out" not in captured or self._recorded_labels is None:
-            raise RuntimeError("lumde: method 1's forward did not run the student and the teacher as expected")
-        return parts, captured["out"]
-
     # ----------------------------------------------------------------------- generator phase
     def generator_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         """Student + pose net: method 1's terms + pair-wise + scheduled adversarial term."""
         opt = self.options
         need_features = opt.pairwise_weight > 0 and opt.pairwise_source == "features"
-        parts, out = self._student_with_capture(batch, need_features)
-        teacher_depth = self._recorded_labels[0]
-        loss = parts.pop("loss")
         image = batch["image"]
+        out = self.student(image, return_features=True) if need_features else self.student(image)
+        loss, parts, teacher_depth, _ = self.distillation_terms(batch, out)
         w_adv = adversarial_weight(step, opt.adversarial_weight, opt.adversarial_start_step,
                                    opt.adversarial_warmup_steps)
         with torch.autocast(device_type=image.device.type, enabled=False):  # losses in float32 under AMP

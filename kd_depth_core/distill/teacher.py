@@ -4,9 +4,9 @@
     out = teacher.predict(batch["image"], K=batch["K"])   # {'depth': (B,1,H,W) m, 'uncertainty': (B,1,H,W) m}
 
 The teacher is loaded with `models.io.load_model` (checksum-verified safetensors + metadata) and
-frozen: every parameter has `requires_grad=False`, and the network stays in eval mode even when
-the owning task is put in train mode. `predict` applies the teacher's own preprocessing from its
-metadata (resize to `input_height x input_width`, `(rgb - mean) / std`), runs `num_samples`
+frozen (`models.frozen.FrozenNetwork`: `requires_grad=False`, the network stays in eval mode even
+when the owning task is put in train mode). `predict` resizes the image to the teacher's
+`input_height x input_width` (the network normalises inside its encoder), runs `num_samples`
 Monte Carlo dropout passes as one batched forward (`models.mc_dropout.mc_dropout_predict`: only
 the `MCDropout` sites are stochastic) and returns the per-pixel mean (the pseudo-label) and
 standard deviation (its uncertainty), resized to the student's resolution. With `num_samples=1`
@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd_depth_core import geometry
-from kd_depth_core.models.io import ModelMetadata, load_model
+from kd_depth_core.models.frozen import FrozenNetwork, FrozenSource, load_frozen
 from kd_depth_core.models.mc_dropout import dropout_sites, mc_dropout_predict
 
-TeacherSource = str | os.PathLike | tuple[nn.Module, ModelMetadata]
+TeacherSource = FrozenSource
 
 
 def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
@@ -53,7 +53,7 @@ def state_dict_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-class TeacherWrapper(nn.Module):
+class TeacherWrapper(FrozenNetwork):
     """Frozen monocular teacher giving MC-dropout ensemble depth (see the module docstring).
 
     Args:
@@ -67,24 +67,13 @@ class TeacherWrapper(nn.Module):
 
     def __init__(self, teacher: TeacherSource, num_samples: int = 8, device: str | torch.device = "cpu",
                  max_batch: int | None = None, focal_correction: bool = True) -> None:
-        super().__init__()
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples: expected an integer >= 1, got {num_samples!r}")
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch: expected an integer >= 1 or None, got {max_batch!r}")
-        if isinstance(teacher, tuple):
-            if len(teacher) != 2 or not isinstance(teacher[0], nn.Module) or \
-                    not isinstance(teacher[1], ModelMetadata):
-                raise TypeError("teacher: expected a released model path or a (nn.Module, ModelMetadata) pair")
-            model, metadata = teacher
-            self.source = f"<in-memory {metadata.model_name}>"
-            weights_digest = state_dict_sha256(model)
-            model = model.to(device)
-        else:
-            path = Path(teacher)
-            model, metadata = load_model(path, device=device)  # verifies the file's checksum
-            self.source = str(path)
-            weights_digest = file_sha256(path)
+        model, metadata, source = load_frozen(teacher, device)
+        weights_digest = file_sha256(Path(teacher)) if not isinstance(teacher, tuple) else state_dict_sha256(model)
+        super().__init__(model, metadata, (metadata.input_height, metadata.input_width), source)
         if metadata.stereo:
             raise ValueError(f"teacher {self.source}: {metadata.model_name} is a stereo network; TeacherWrapper "
                              "runs monocular teachers (image -> depth)")
@@ -92,53 +81,15 @@ class TeacherWrapper(nn.Module):
             raise ValueError(f"teacher {self.source}: num_samples={num_samples} needs Monte Carlo dropout sites, but "
                              f"{metadata.model_name} has none with p > 0; use num_samples=1 or an MC-dropout "
                              "teacher (e.g. ms_dpt_teacher)")
-        self.model = model
-        self.metadata = metadata
         self.num_samples = int(num_samples)
         self.max_batch = max_batch
         self.focal_correction = bool(focal_correction)
-        self.input_size = (int(metadata.input_height), int(metadata.input_width))
-        self.register_buffer("mean", torch.tensor(metadata.mean, dtype=torch.float32).view(1, 3, 1, 1),
-                             persistent=False)
-        self.register_buffer("std", torch.tensor(metadata.std, dtype=torch.float32).view(1, 3, 1, 1),
-                             persistent=False)
-        self.requires_grad_(False)
-        self.model.eval()
         self.fingerprint = hashlib.sha256(
             f"{weights_digest}|samples={self.num_samples}|size={self.input_size[0]}x{self.input_size[1]}".encode()
         ).hexdigest()
         """Identifies what the teacher predicts: weights file bytes + num_samples + input size (cache key)."""
 
-    # ----------------------------------------------------------------------- frozen
-    def train(self, mode: bool = True) -> TeacherWrapper:
-        """Keeps the teacher network in eval mode whatever the owner asks (MC sites are switched per call)."""
-        super().train(mode)
-        self.model.eval()
-        return self
-
-    @property
-    def min_depth(self) -> float:
-        return float(self.metadata.min_depth)
-
-    @property
-    def max_depth(self) -> float:
-        return float(self.metadata.max_depth)
-
-    @property
-    def scale_kind(self) -> str:
-        return self.metadata.scale_kind
-
     # ----------------------------------------------------------------------- prediction
-    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
-        """(B,3,H,W) RGB in [0, 1] -> the teacher's input: resized to its input size, (x - mean) / std."""
-        if image.ndim != 4 or image.shape[1] != 3:
-            raise ValueError(f"image: expected shape (B,3,H,W) RGB in [0, 1], got {tuple(image.shape)}")
-        x = image.float()
-        if tuple(x.shape[-2:]) != self.input_size:
-            antialias = x.shape[-2] > self.input_size[0] or x.shape[-1] > self.input_size[1]
-            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=antialias)
-        return (x - self.mean) / self.std
-
     def focal_factors(self, K: torch.Tensor, image_width: int) -> torch.Tensor | None:
         """Per-sample factor fx / fx_train (B,) for a metric teacher, or None when no correction applies."""
         fx_train = self.metadata.focal_length_px
@@ -161,7 +112,7 @@ class TeacherWrapper(nn.Module):
         output_size (h, w): default the image's (H,W) — the student's resolution.
         """
         height, width = int(image.shape[-2]), int(image.shape[-1])
-        x = self.preprocess(image.to(self.mean.device))
+        x = self.preprocess(image)
         if self.num_samples == 1:
             disp = self.model(x)["disp"][0].float()
             mean = geometry.disp_to_depth(disp, self.min_depth, self.max_depth)[1]

@@ -6,8 +6,9 @@ the most probable group is the pseudo-label (pixels whose group probability is b
 `min_teacher_confidence` are ignored). A small trainable translator (`models.translator`) turns
 the depth network's multi-scale disparities into group logits; its cross-entropy against the
 pseudo-labels back-propagates through the disparities into the depth network, so semantic
-structure shapes the depth maps. Loss = the 'self_supervised' task's photometric loss (its code,
-reused: this task is that task plus the cross-task term) + `cross_task_weight` x cross-entropy.
+structure shapes the depth maps. Loss = the 'self_supervised' task's losses (`SelfSupervisedTask.losses`
+on the same depth forward: this task is that task plus the cross-task term) + `cross_task_weight` x
+cross-entropy.
 For the first `translator_warmup_steps` the translator learns on detached disparities: until it
 has learnt a mapping, its gradient would only add noise to the depth network.
 
@@ -35,6 +36,7 @@ from kd_depth_core.config import ConfigError, TrainConfig
 from kd_depth_core.distill.grouping import ClassGrouping, GroupingError, load_grouping
 from kd_depth_core.losses.cross_task import masked_cross_entropy, pixel_accuracy
 from kd_depth_core.models import segmentation as _segmentation  # noqa: F401  (registers segmentation_teacher)
+from kd_depth_core.models.frozen import FrozenNetwork
 from kd_depth_core.models.translator import DepthToSegTranslator
 from kd_depth_core.train.self_supervised import SelfSupervisedTask
 from kd_depth_core.train.tasks import register_task
@@ -91,7 +93,7 @@ def load_segmentation_model(path: str | Path, model_name: str = "segmentation_te
     return model, size
 
 
-class SegmentationTeacher(nn.Module):
+class SegmentationTeacher(FrozenNetwork):
     """Frozen segmentation network + class grouping -> grouped pseudo-labels.
 
     `predict(image)` runs the network on image (B,3,H,W) in [0, 1] (resized to `input_size` when
@@ -102,36 +104,18 @@ class SegmentationTeacher(nn.Module):
 
     def __init__(self, model: nn.Module, grouping: ClassGrouping, input_size: tuple[int, int] | None = None,
                  min_confidence: float = 0.0, source: str = "<in-memory>") -> None:
-        super().__init__()
         grouping.check_class_names(getattr(model, "class_names", ()), f"segmentation teacher {source}")
         if not 0.0 <= min_confidence < 1.0:
             raise ValueError(f"min_confidence: expected a group probability in [0, 1), got {min_confidence}")
-        self.model = model
+        super().__init__(model, None, input_size, source)
         self.grouping = grouping
-        self.input_size = input_size
         self.min_confidence = float(min_confidence)
-        self.source = source
-        self.requires_grad_(False)
-        self.model.eval()
-
-    def train(self, mode: bool = True) -> SegmentationTeacher:
-        """The teacher network stays in eval mode whatever its owner asks (frozen BatchNorm, no dropout)."""
-        super().train(mode)
-        self.model.eval()
-        return self
 
     @torch.no_grad()
     def predict(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(group labels (B,H,W) int64, top group probability (B,H,W)) at the image's resolution."""
-        if image.ndim != 4 or image.shape[1] != 3:
-            raise ValueError(f"image: expected shape (B,3,H,W) RGB in [0, 1], got {tuple(image.shape)}")
         size = tuple(image.shape[-2:])
-        x = image
-        if self.input_size is not None and size != tuple(self.input_size):
-            antialias = size[0] > self.input_size[0] or size[1] > self.input_size[1]
-            x = F.interpolate(image.float(), size=self.input_size, mode="bilinear", align_corners=False,
-                              antialias=antialias)
-        probs = self.grouping.group_probabilities(self.model(x)["logits"])
+        probs = self.grouping.group_probabilities(self.model(self.preprocess(image))["logits"])
         if tuple(probs.shape[-2:]) != size:
             probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
         confidence, labels = probs.max(1)
@@ -193,17 +177,9 @@ class XDistillTask(SelfSupervisedTask):
             raise ConfigError(f"{where}.teacher_path: {error}") from error
         self.grouping = grouping
         self.translator = DepthToSegTranslator(grouping.num_groups, opt.translator_channels, opt.translator_scales)
-        self._captured: list[dict[str, Any]] | None = None
         log.info("xdistill: teacher %s, grouping %s (%d classes -> %d groups: %s), lambda %g", opt.teacher_path,
                  grouping.name, grouping.num_classes, grouping.num_groups, ", ".join(grouping.group_names),
                  opt.cross_task_weight)
-
-    def depth_outputs(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """The depth network's output dict; kept during `forward` for the cross-task term."""
-        out = super().depth_outputs(batch)
-        if self._captured is not None:
-            self._captured.append(out)
-        return out
 
     def cross_task_loss(self, batch: dict[str, Any], disps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """{'cross_task': CE (with gradient to `disps`), 'translator_accuracy', 'teacher_confidence', 'teacher_ignored'}."""
@@ -218,13 +194,9 @@ class XDistillTask(SelfSupervisedTask):
                 "teacher_confidence": confidence.mean(), "teacher_ignored": (labels == ignore).float().mean()}
 
     def forward(self, batch: dict[str, Any], phase: str = "main", step: int = 0) -> dict[str, torch.Tensor]:
-        # The self-supervised task computes the photometric loss; its depth forward is kept for the translator.
-        self._captured = []
-        try:
-            result = super().forward(batch, phase, step)
-            out = self._captured[0]
-        finally:
-            self._captured = None
+        # One depth forward: the self-supervised losses and the cross-task term both use it.
+        out = self.depth_outputs(batch)
+        result = self.losses(batch, out)
         disps = out["disp"]
         if step < self.options.translator_warmup_steps:  # a random translator's gradient would only add noise
             disps = [d.detach() for d in disps]

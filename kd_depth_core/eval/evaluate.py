@@ -27,8 +27,9 @@ import numpy as np
 from tqdm import tqdm
 
 from kd_depth_core.eval.metrics import DepthMetricsAccumulator, scale_ratio_summary
-from kd_depth_core.eval.protocols import Protocol, center_crop, resize_map, resize_prediction
+from kd_depth_core.eval.protocols import Protocol, center_crop, resize_prediction
 from kd_depth_core.eval.uncertainty import SPARSIFICATION_METRICS, UncertaintyAccumulator
+from kd_depth_core.inference.preprocess import resize_map
 
 PredictFn = Callable[[np.ndarray], Any]
 
@@ -138,7 +139,8 @@ def evaluate(predict_fn: PredictFn, samples: Iterable[Any], protocol: Protocol, 
         score = protocol.score(gt, pred, name=name)
         metrics.add(score)
         if sigma is not None:
-            sigma = resize_map(sigma, gt.shape, "nearest" if protocol.resize == "nearest" else "linear")
+            sigma = resize_map(np.asarray(sigma, np.float64), *gt.shape,
+                               mode="nearest" if protocol.resize == "nearest" else "linear")
             sigma = sigma * score.scale_ratio
             metrics.per_image[-1].update({f"ause_{k}": v for k, v in uncertainty.add(
                 gt[score.mask], score.pred[score.mask], sigma[score.mask]).items()})

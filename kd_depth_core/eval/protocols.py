@@ -167,12 +167,3 @@ def resize_prediction(pred: np.ndarray, shape: tuple[int, int], mode: str = "lin
         disp = 1.0 / np.maximum(pred, 1e-6)
         return 1.0 / cv2.resize(disp, size, interpolation=cv2.INTER_LINEAR)
     raise ValueError(f"resize: expected one of {RESIZE_MODES}, got {mode!r}")
-
-
-def resize_map(values: np.ndarray, shape: tuple[int, int], mode: str = "linear") -> np.ndarray:
-    """Resize any per-pixel map (e.g. uncertainty in metres) to ``shape`` (H,W), bilinear or nearest."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.shape == tuple(shape):
-        return values
-    interp = cv2.INTER_NEAREST if mode == "nearest" else cv2.INTER_LINEAR
-    return cv2.resize(values, (int(shape[1]), int(shape[0])), interpolation=interp)

@@ -3,7 +3,7 @@
 ``backend.run(*inputs)`` takes RGB float32 numpy batches in [0, 1], (B,3,H,W) at
 ``backend.input_size`` (one array for mono networks, left and right for stereo) and returns
 ``(depth, uncertainty or None)``, float32 numpy (B,1,H,W) in metres. Each backend runs
-:class:`~kd_depth_core.inference.export.DeployModule` (normalise → network → depth), eagerly,
+:class:`~kd_depth_core.inference.deploy.DeployModule` (network → depth), eagerly,
 traced, or exported to ONNX. Backends hold no per-call state; callers serialise ``run`` if
 the runtime needs it (the predictor holds a lock).
 """
@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from kd_depth_core.inference.export import (
+from kd_depth_core.inference.deploy import (
     ONNX_METADATA_KEY,
     TORCHSCRIPT_METADATA_FILE,
     TORCHSCRIPT_SUFFIX,
     DeployModule,
-    _quiet_torch_deprecations,
     onnx_bytes,
+    quiet_torch_deprecations,
     trace_torchscript,
 )
 from kd_depth_core.models.io import ModelFileError, ModelMetadata
@@ -131,7 +131,7 @@ class OnnxRuntimeBackend(Backend):
 
 def _freeze(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     """``torch.jit.freeze``: weights become constants, conv+batch-norm fold (faster inference)."""
-    with _quiet_torch_deprecations():
+    with quiet_torch_deprecations():
         return torch.jit.freeze(module.eval())
 
 
@@ -184,7 +184,7 @@ def open_export(path: str | os.PathLike, device: str = "auto") -> tuple[Backend,
         torch_device = resolve_device(device)
         extra = {TORCHSCRIPT_METADATA_FILE: ""}
         try:
-            with _quiet_torch_deprecations():
+            with quiet_torch_deprecations():
                 module = torch.jit.load(str(path), map_location=torch_device, _extra_files=extra)
         except RuntimeError as error:
             raise ModelFileError(f"{path}: not a readable TorchScript archive ({error})") from error

@@ -1,7 +1,7 @@
-"""Export a released model to ONNX or TorchScript, and check an export against eager PyTorch.
+"""Export a released model to ONNX or TorchScript files, and check an export against eager PyTorch.
 
-What every export contains is :class:`DeployModule`: normalisation with the metadata's
-mean/std, the network, and the conversion of its sigmoid disparity to depth, so
+What every export contains is :class:`~kd_depth_core.inference.deploy.DeployModule` (network →
+depth, no normalisation: the encoder normalises), so
 
 - input: ``image`` (mono) or ``left``, ``right`` (stereo): RGB float32 in [0, 1], shape
   (B, 3, H, W) with a dynamic batch axis and the fixed H×W of the export (the metadata's input
@@ -21,119 +21,34 @@ TorchScript: a trace, saved with the metadata JSON as the extra file ``kd_depth.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from kd_depth_core.geometry import disp_to_depth
+from kd_depth_core.inference.backends import open_export
+from kd_depth_core.inference.deploy import (  # noqa: F401  (re-exported: the names callers import from here)
+    ONNX_METADATA_KEY,
+    ONNX_OPSET,
+    TORCHSCRIPT_METADATA_FILE,
+    TORCHSCRIPT_SUFFIX,
+    DeployModule,
+    example_inputs,
+    input_names,
+    metadata_at_size,
+    onnx_bytes,
+    output_names,
+    quiet_torch_deprecations,
+    trace_torchscript,
+)
 from kd_depth_core.models.io import ModelMetadata
 from kd_depth_core.utils.atomic import write_bytes_atomic
 
-ONNX_OPSET = 17
-ONNX_METADATA_KEY = "kd_depth"
-TORCHSCRIPT_METADATA_FILE = "kd_depth.json"
-TORCHSCRIPT_SUFFIX = ".torchscript"
 EXPORT_FORMATS = ("onnx", "torchscript")
-
-
-class DeployModule(nn.Module):
-    """Normalise → network → depth (+ uncertainty); the graph every backend runs and every export holds.
-
-    ``forward(image)`` (mono) or ``forward(left, right)`` (stereo), RGB in [0, 1] (B,3,H,W)
-    float32 -> tuple ``(depth,)`` or ``(depth, uncertainty)``, (B,1,H,W) float32 metres.
-    The network runs in ``compute_dtype`` (cast the network to it beforehand); the depth
-    conversion always runs in float32.
-    """
-
-    def __init__(self, model: nn.Module, metadata: ModelMetadata, compute_dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(metadata.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("inv_std", 1.0 / torch.tensor(metadata.std, dtype=torch.float32).view(1, 3, 1, 1),
-                             persistent=False)
-        self.min_depth, self.max_depth = metadata.min_depth, metadata.max_depth
-        self.with_uncertainty = metadata.has_uncertainty
-        self.num_inputs = 2 if metadata.stereo else 1
-        self.compute_dtype = compute_dtype
-
-    def forward(self, *images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        normalised = [((image - self.mean) * self.inv_std).to(self.compute_dtype) for image in images]
-        outputs = self.model(*normalised)
-        _, depth = disp_to_depth(outputs["disp"][0].float(), self.min_depth, self.max_depth)
-        if not self.with_uncertainty:
-            return (depth,)
-        if "log_sigma" not in outputs:
-            raise RuntimeError("the model metadata says has_uncertainty=true but the network returned no 'log_sigma'")
-        return depth, torch.exp(outputs["log_sigma"].float())
-
-
-def input_names(metadata: ModelMetadata) -> list[str]:
-    return ["left", "right"] if metadata.stereo else ["image"]
-
-
-def output_names(metadata: ModelMetadata) -> list[str]:
-    return ["depth", "uncertainty"] if metadata.has_uncertainty else ["depth"]
-
-
-def metadata_at_size(metadata: ModelMetadata, height: int | None, width: int | None) -> ModelMetadata:
-    """Metadata for running the network at ``height``×``width``: input size set, training fx rescaled to it."""
-    height = metadata.input_height if height is None else int(height)
-    width = metadata.input_width if width is None else int(width)
-    for name, value in (("height", height), ("width", width)):
-        if value < metadata.size_multiple or value % metadata.size_multiple:
-            raise ValueError(f"{name} {value}: expected a positive multiple of the model's size_multiple "
-                             f"({metadata.size_multiple})")
-    focal = metadata.focal_length_px
-    if focal is not None:
-        focal = focal * width / metadata.input_width
-    return dataclasses.replace(metadata, input_height=height, input_width=width, focal_length_px=focal)
-
-
-def example_inputs(metadata: ModelMetadata, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Deterministic random RGB inputs in [0, 1] at the metadata's input size."""
-    generator = torch.Generator().manual_seed(seed)
-    shape = (batch, 3, metadata.input_height, metadata.input_width)
-    return tuple(torch.rand(shape, generator=generator) for _ in range(2 if metadata.stereo else 1))
-
-
-@contextlib.contextmanager
-def _quiet_torch_deprecations():
-    """torch marks its TorchScript-based tools deprecated; they are what runs here (see module docstring)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.")
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
-        warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=r"Constant folding - Only steps=1")  # reflection pad, harmless
-        yield
-
-
-def onnx_bytes(model: nn.Module, metadata: ModelMetadata, opset: int = ONNX_OPSET) -> bytes:
-    """Serialised ONNX model of ``DeployModule(model, metadata)`` at the metadata's input size (batch dynamic)."""
-    import onnx
-
-    deploy = DeployModule(model, metadata).eval()
-    inputs, outputs = input_names(metadata), output_names(metadata)
-    buffer = io.BytesIO()
-    with _quiet_torch_deprecations(), torch.no_grad():
-        torch.onnx.export(deploy, example_inputs(metadata), buffer, input_names=inputs, output_names=outputs,
-                          dynamic_axes={name: {0: "batch"} for name in inputs + outputs},
-                          opset_version=opset, dynamo=False, do_constant_folding=True)
-    proto = onnx.load_from_string(buffer.getvalue())
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = ONNX_METADATA_KEY, metadata.to_json()
-    proto.doc_string = (f"kd-depth {metadata.describe()}: inputs {', '.join(inputs)} RGB float32 [0,1] (B,3,"
-                        f"{metadata.input_height},{metadata.input_width}); outputs {', '.join(outputs)} "
-                        "(B,1,H,W) metres")
-    onnx.checker.check_model(proto)
-    return proto.SerializeToString()
 
 
 def export_onnx(model: nn.Module, metadata: ModelMetadata, path: str | os.PathLike, height: int | None = None,
@@ -142,16 +57,6 @@ def export_onnx(model: nn.Module, metadata: ModelMetadata, path: str | os.PathLi
     path = Path(path)
     write_bytes_atomic(path, onnx_bytes(model, metadata_at_size(metadata, height, width), opset))
     return path
-
-
-def trace_torchscript(model: nn.Module, metadata: ModelMetadata,
-                      compute_dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-                      ) -> torch.jit.ScriptModule:
-    """Trace ``DeployModule`` at the metadata's input size (batch 1; other batch sizes run too)."""
-    deploy = DeployModule(model, metadata, compute_dtype).eval().to(device)
-    inputs = tuple(x.to(device) for x in example_inputs(metadata))
-    with _quiet_torch_deprecations(), torch.no_grad():
-        return torch.jit.trace(deploy, inputs, check_trace=False)
 
 
 def export_torchscript(model: nn.Module, metadata: ModelMetadata, path: str | os.PathLike,
@@ -164,7 +69,7 @@ def export_torchscript(model: nn.Module, metadata: ModelMetadata, path: str | os
     metadata = metadata_at_size(metadata, height, width)
     traced = trace_torchscript(model, metadata)
     buffer = io.BytesIO()
-    with _quiet_torch_deprecations():
+    with quiet_torch_deprecations():
         torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_METADATA_FILE: metadata.to_json()})
     write_bytes_atomic(path, buffer.getvalue())
     return path
@@ -195,8 +100,6 @@ class ExportCheck:
 def verify_export(path: str | os.PathLike, model: nn.Module, metadata: ModelMetadata, batch: int = 2,
                   seed: int = 0) -> ExportCheck:
     """Run the export (ONNX Runtime on CPU, or TorchScript) and eager ``DeployModule`` on the same random batch."""
-    from kd_depth_core.inference.backends import open_export
-
     backend, export_meta = open_export(path, device="cpu")
     inputs = example_inputs(export_meta, batch=batch, seed=seed)
     deploy = DeployModule(model, export_meta).eval()

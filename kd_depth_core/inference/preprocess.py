@@ -9,9 +9,9 @@ Accepted images (numpy, H×W at least 1×1):
 | H×W×4 | uint8 / uint16 / float | RGBA (BGRA with ``bgr=True``); alpha is dropped |
 
 uint8 is scaled by 1/255, uint16 by 1/65535; float images must already lie in [0, 1].
-Mean/std normalisation is *not* done here: it is part of the deployed graph
-(:class:`kd_depth_core.inference.export.DeployModule`), so exports need no preprocessing
-beyond this module's resize and scaling.
+Mean/std normalisation is *not* done here: networks normalise inside their encoder (the one
+normalisation site), so the deployed graph (:class:`kd_depth_core.inference.deploy.DeployModule`)
+and exports need no preprocessing beyond this module's resize and scaling.
 """
 from __future__ import annotations
 
@@ -88,8 +88,9 @@ class Preprocessor:
         return np.stack([self(image, bgr=bgr, name=f"images[{i}]") for i, image in enumerate(images)])
 
 
-def resize_map(values: np.ndarray, height: int, width: int, out: np.ndarray | None = None) -> np.ndarray:
-    """Resize a float32 H×W map (depth or std in metres) bilinearly to ``height``×``width``.
+def resize_map(values: np.ndarray, height: int, width: int, out: np.ndarray | None = None,
+               mode: str = "linear") -> np.ndarray:
+    """Resize a float H×W map (depth or std in metres) to ``height``×``width``, bilinear or ``mode="nearest"``.
 
     ``out``: a C-contiguous float32 (height, width) array to write into (returned); without it the
     input itself is returned when it already has the size.
@@ -101,7 +102,10 @@ def resize_map(values: np.ndarray, height: int, width: int, out: np.ndarray | No
             return values
         np.copyto(out, values)
         return out
-    resized = cv2.resize(values, (width, height), dst=out, interpolation=cv2.INTER_LINEAR)
+    if mode not in ("linear", "nearest"):
+        raise ValueError(f"mode: expected 'linear' or 'nearest', got {mode!r}")
+    interpolation = cv2.INTER_NEAREST if mode == "nearest" else cv2.INTER_LINEAR
+    resized = cv2.resize(values, (int(width), int(height)), dst=out, interpolation=interpolation)
     if out is not None and resized is not out:  # OpenCV allocates instead when the dtype differs
         np.copyto(out, resized)
         return out

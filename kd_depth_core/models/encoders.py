@@ -1,7 +1,9 @@
 """Encoders built from timm backbones, and the input checks every depth model shares.
 
 Encoders take images (B, C, H, W) float in [0, 1] and normalise them inside with the backbone's
-mean/std (so pretrained weights see what they were trained on). They return a list of feature
+mean/std (so pretrained weights see what they were trained on). This is kd-depth's only
+normalisation site: teachers (`models.frozen`) and the deploy graph (`inference.deploy`) pass
+[0, 1] RGB through, and released-model metadata keeps mean 0 / std 1. They return a list of feature
 maps described by `feature_info` (list of `{'num_chs', 'reduction'}`), the contract decoders and
 distillation adapters are built from (docs/architecture.md).
 

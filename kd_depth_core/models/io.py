@@ -56,8 +56,9 @@ class ModelFileError(ValueError):
 class ModelMetadata:
     """Everything needed to run a released network correctly; travels inside the weights file.
 
-    Sizes in pixels, depths in metres. ``mean``/``std`` normalise an RGB image in [0, 1] before
-    the network: ``x = (rgb - mean) / std`` (mean 0 / std 1 when the network normalises itself).
+    Sizes in pixels, depths in metres. ``mean``/``std`` must be (0,0,0)/(1,1,1): networks take RGB in
+    [0, 1] and normalise inside their encoder (the one normalisation site); teachers and exports
+    refuse other values rather than ignore them.
     ``focal_length_px`` is the training camera's fx at ``input_width`` (None when unknown); a
     metric model is rescaled by runtime fx / training fx (see ``inference/scale.py``).
     ``baseline_m`` is the training stereo baseline in metres (None when unknown or monocular; files

@@ -79,6 +79,18 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistEnv
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=torch_device, backend=backend)
 
 
+def current_env() -> DistEnv:
+    """The DistEnv of an already initialised process group (one process when there is none).
+
+    For code that is not handed the trainer's env (e.g. a task opening a shared cache).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistEnv()
+    backend = dist.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, backend=backend)
+
+
 def cleanup(env: DistEnv) -> None:
     """Tear the process group down (safe to call when not distributed)."""
     if env.distributed and dist.is_initialized():

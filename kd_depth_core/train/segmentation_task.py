@@ -22,7 +22,7 @@ from torch import nn
 from kd_depth_core.config import ConfigError, TrainConfig
 from kd_depth_core.losses.cross_task import masked_cross_entropy, pixel_accuracy
 from kd_depth_core.models import segmentation as _segmentation  # noqa: F401  (registers segmentation_teacher)
-from kd_depth_core.train.tasks import Task, register_task
+from kd_depth_core.train.tasks import Task, register_task, to_panel
 
 
 def colorize_labels(labels: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
@@ -32,7 +32,7 @@ def colorize_labels(labels: torch.Tensor, num_classes: int, ignore_index: int = 
     values = labels.detach().cpu().numpy()
     rgb = apply_colormap(values.astype("float32"), 0.0, float(max(num_classes - 1, 1)), "hsv",
                          valid=(values != ignore_index) & (values >= 0))
-    return torch.from_numpy(rgb.transpose(2, 0, 1).copy()).float() / 255.0
+    return to_panel(rgb)
 
 
 def check_dataset_classes(cfg: TrainConfig, class_names: tuple[str, ...]) -> None:

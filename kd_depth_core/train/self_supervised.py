@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,7 +32,7 @@ from kd_depth_core.losses import (
     stereo_photometric_error,
 )
 from kd_depth_core.losses.proxy import proxy_depth, proxy_loss, proxy_mask
-from kd_depth_core.train.tasks import Task, register_task
+from kd_depth_core.train.tasks import Task, register_task, to_panel
 
 log = logging.getLogger("kd_depth_core.train")
 
@@ -69,9 +68,138 @@ def photometric_uncertainty_nll(residual: torch.Tensor, log_sigma: torch.Tensor,
     return (nll * weight).sum() / weight.sum().clamp(min=1.0)
 
 
-def _to_panel(rgb: np.ndarray) -> torch.Tensor:
-    """(H,W,3) uint8 -> (3,H,W) float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float() / 255.0
+@dataclass
+class PhotometricTerms:
+    """One photometric evaluation: `loss` = reprojection + smoothness (scalar), and its pieces."""
+
+    loss: torch.Tensor
+    reprojection: Any  # losses.photometric.MultiScaleReprojection (loss, automask, warped)
+    smoothness: torch.Tensor
+
+    def parts(self) -> dict[str, torch.Tensor]:
+        """The logged parts (detached)."""
+        return {"photometric": self.reprojection.loss.detach(), "smoothness": self.smoothness.detach(),
+                "automask_fraction": self.reprojection.automask.float().mean()}
+
+
+class PhotometricSupervision:
+    """Monodepth2 photometric self-supervision as a part a task holds (`task.photometric`).
+
+    Which sources a mode uses (temporal neighbours `data.offsets` with a pose network in `mono` /
+    `mono_stereo`, the right image with the rig baseline in `stereo` / `mono_stereo`), their poses
+    (`source_poses`) and the loss (`terms`: multi-scale reprojection with auto-masking + edge-aware
+    smoothness). It owns no network: the pose network it builds (`build_pose_net`) is registered on
+    the task, so checkpoints keep the key `pose_net.*`, and is passed back in with the depth network.
+    Used by 'self_supervised', 'xdistill' and, for the student's own terms, every distillation task.
+    """
+
+    def __init__(self, cfg: TrainConfig, mode: str, min_depth: float, max_depth: float, ssim_weight: float = 0.85,
+                 smoothness_weight: float = 1e-3, automask: bool = True, stereo_input: bool = False) -> None:
+        where = f"{cfg.source}: task.kwargs"
+        if mode not in ("mono", "stereo", "mono_stereo"):
+            raise ConfigError(f"{where}.mode: expected 'mono', 'stereo' or 'mono_stereo', got {mode!r}")
+        self.mode = mode
+        self.use_temporal = mode in ("mono", "mono_stereo")
+        self.use_stereo = mode in ("stereo", "mono_stereo")
+        if stereo_input and not self.use_stereo:
+            raise ConfigError(f"{where}.mode: model {cfg.model.name!r} takes a stereo pair; use mode 'stereo' or "
+                              f"'mono_stereo', got {mode!r}")
+        if (self.use_stereo or stereo_input) and not cfg.data.stereo:
+            raise ConfigError(f"{cfg.source}: data.stereo: mode {mode!r} needs the right images; set "
+                              f"data.stereo: true")
+        if self.use_temporal and not cfg.data.offsets:  # in 'stereo' mode data.offsets is ignored
+            raise ConfigError(f"{cfg.source}: data.offsets: mode {mode!r} needs temporal source frames, "
+                              f"e.g. [-1, 1]")
+        if self.use_temporal and 0 in cfg.data.offsets:
+            raise ConfigError(f"{cfg.source}: data.offsets: 0 is the target itself; use e.g. [-1, 1]")
+        self.offsets = tuple(cfg.data.offsets) if self.use_temporal else ()
+        self.min_depth, self.max_depth = float(min_depth), float(max_depth)
+        self.ssim_weight, self.smoothness_weight, self.automask = ssim_weight, smoothness_weight, automask
+        self._rig_checked = False
+
+    def build_pose_net(self, pose_model: str, pose_kwargs: dict[str, Any]) -> nn.Module | None:
+        """The pose network the temporal sources need (None in 'stereo' mode)."""
+        from kd_depth_core.models import create_model
+
+        return create_model(pose_model, **pose_kwargs) if self.use_temporal else None
+
+    def dataset_options(self) -> dict[str, Any]:
+        """Stereo-only training loads no temporal sources."""
+        return {} if self.use_temporal else {"offsets": ()}
+
+    def source_poses(self, batch: dict[str, Any], pose_net: nn.Module | None,
+                     depth_net: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """All photometric sources (B,S,3,H,W) and their T_source_target (B,S,4,4): temporal, then right.
+
+        `depth_net` learns the rig (`set_rig`) or is checked against it at the first stereo batch.
+        """
+        target = batch["image"]
+        images, poses = [], []
+        if self.offsets:
+            sources = batch["sources"]
+            if sources.shape[1] != len(self.offsets):
+                raise ValueError(f"batch['sources'] has {sources.shape[1]} frames but data.offsets has "
+                                 f"{len(self.offsets)}")
+            # Monodepth2 order: the pose net always sees the earlier frame first (one batched call).
+            firsts = [sources[:, i] if o < 0 else target for i, o in enumerate(self.offsets)]
+            seconds = [target if o < 0 else sources[:, i] for i, o in enumerate(self.offsets)]
+            vectors = pose_net(torch.cat(firsts), torch.cat(seconds)).float().chunk(len(self.offsets))
+            for i, (offset, vec) in enumerate(zip(self.offsets, vectors)):
+                images.append(sources[:, i])
+                poses.append(geometry.pose_vec_to_mat(vec, invert=offset < 0))
+        if self.use_stereo:
+            baseline = batch["baseline"].float()
+            if bool((baseline <= 0).any()):
+                keys = batch.get("frame_key", [])
+                raise ValueError(f"stereo training needs the rig baseline, but the batch has baseline <= 0 "
+                                 f"(unknown) for frames {list(keys)[:3]}: set it in the sequence metadata")
+            if not self._rig_checked:
+                self._set_rig(depth_net, float(batch["K"][0, 0, 0]), float(baseline[0]), target.shape[-1])
+            images.append(batch["image_right"])
+            poses.append(geometry.stereo_pose(baseline))
+        return torch.stack(images, 1).float(), torch.stack(poses, 1)
+
+    def terms(self, batch: dict[str, Any], disps: list[torch.Tensor], pose_net: nn.Module | None,
+              depth_net: nn.Module | None = None) -> PhotometricTerms:
+        """Reprojection + smoothness of the sigmoid disparities `disps` (float32, 4 scales). Call under
+        autocast disabled; the pose network runs inside."""
+        sources, poses = self.source_poses(batch, pose_net, depth_net)
+        target = batch["image"].float()
+        reprojection = multiscale_reprojection_loss(
+            disps, target, sources, batch["K"].float(), poses.float(), min_depth=self.min_depth,
+            max_depth=self.max_depth, alpha=self.ssim_weight, automask=self.automask)
+        smoothness = multiscale_smoothness(disps, target, self.smoothness_weight)
+        return PhotometricTerms(reprojection.loss + smoothness, reprojection, smoothness)
+
+    def _set_rig(self, depth_net: nn.Module | None, fx: float, baseline: float, width: int) -> None:
+        """At the first stereo batch: a matching network learns the rig; a sigmoid one is checked."""
+        self._rig_checked = True
+        if depth_net is not None and hasattr(depth_net, "set_rig"):
+            depth_net.set_rig(fx, baseline, width, self.min_depth, self.max_depth)
+            reach = fx * baseline / self.min_depth
+            if reach > getattr(depth_net, "max_disparity", reach):
+                log.warning("stereo rig fx=%.1f px, baseline=%.3f m: min_depth=%g m is %.0f px of disparity, more "
+                            "than model.kwargs.max_disparity=%d searched", fx, baseline, self.min_depth,
+                            reach, depth_net.max_disparity)
+            return
+        self._check_initial_disparity(fx, baseline, width)
+
+    def _check_initial_disparity(self, fx: float, baseline: float, width: int) -> None:
+        """Warn once when the depth range makes the untrained network's stereo disparity implausibly large.
+
+        An untrained sigmoid outputs ~0.5, i.e. inverse depth mid-way between 1/max_depth and
+        1/min_depth: disparity fx * B * (1/min + 1/max) / 2 pixels. Far above ~10 % of the width,
+        every pixel warps to the wrong place and metric stereo training stalls (the problem that
+        Monodepth2's "baseline 0.1, scale 5.4" sidesteps). Raising min_depth fixes it.
+        """
+        disparity = fx * baseline * 0.5 * (1.0 / self.min_depth + 1.0 / self.max_depth)
+        if disparity > 0.1 * width:
+            suggested = fx * baseline / (0.1 * width)
+            log.warning("stereo rig fx=%.1f px, baseline=%.3f m: with min_depth=%g m the untrained network starts "
+                        "at a disparity of %.0f px on a %d px wide image, which photometric training may never "
+                        "recover from; consider task.kwargs.min_depth=%.2g (start at ~%.0f px)",
+                        fx, baseline, self.min_depth, disparity, width, suggested,
+                        fx * baseline * 0.5 * (1.0 / suggested + 1.0 / self.max_depth))
 
 
 @register_task("self_supervised")
@@ -105,30 +233,17 @@ class SelfSupervisedTask(Task):
             raise ConfigError(f"{cfg.source}: model.name: expected a registered model name")
         self.depth_net = create_model(cfg.model.name, **cfg.model.kwargs)
         self.stereo_input = len(getattr(self.depth_net, "input_names", ("image",))) == 2
-        self.use_temporal = opt.mode in ("mono", "mono_stereo")
-        self.use_stereo = opt.mode in ("stereo", "mono_stereo")
-        if self.stereo_input and not self.use_stereo:
-            raise ConfigError(f"{where}.mode: model {cfg.model.name!r} takes a stereo pair; use mode 'stereo' or "
-                              f"'mono_stereo', got {opt.mode!r}")
-        if (self.use_stereo or self.stereo_input) and not cfg.data.stereo:
-            raise ConfigError(f"{cfg.source}: data.stereo: mode {opt.mode!r} needs the right images; set "
-                              f"data.stereo: true")
-        if self.use_temporal and not cfg.data.offsets:  # in 'stereo' mode data.offsets is ignored
-            raise ConfigError(f"{cfg.source}: data.offsets: mode {opt.mode!r} needs temporal source frames, "
-                              f"e.g. [-1, 1]")
-        if self.use_temporal and 0 in cfg.data.offsets:
-            raise ConfigError(f"{cfg.source}: data.offsets: 0 is the target itself; use e.g. [-1, 1]")
+        self.photometric = PhotometricSupervision(cfg, opt.mode, opt.min_depth, opt.max_depth, opt.ssim_weight,
+                                                  opt.smoothness_weight, opt.automask, self.stereo_input)
         self.has_uncertainty = bool(getattr(self.depth_net, "has_uncertainty", False))
         if self.has_uncertainty and opt.uncertainty_loss == "none":
             raise ConfigError(f"{where}.uncertainty_loss: model {cfg.model.name!r} has an uncertainty head; "
                               f"train it with 'laplacian' or 'gaussian' (or build the model with uncertainty: false)")
-        self.offsets = tuple(cfg.data.offsets) if self.use_temporal else ()
-        self.pose_net = create_model(opt.pose_model, **opt.pose_kwargs) if self.use_temporal else None
+        self.pose_net = self.photometric.build_pose_net(opt.pose_model, opt.pose_kwargs)
         self.min_depth, self.max_depth = opt.min_depth, opt.max_depth
-        self.scale_kind = "metric" if self.use_stereo else "relative"
+        self.scale_kind = "metric" if self.photometric.use_stereo else "relative"
         self.deploy_stereo = self.stereo_input
         self.deploy_has_uncertainty = self.has_uncertainty
-        self._rig_checked = False
         self.proxy = self._proxy_source(cfg) if opt.proxy_weight > 0 else None
 
     def _proxy_source(self, cfg: TrainConfig):
@@ -151,7 +266,7 @@ class SelfSupervisedTask(Task):
     # ----------------------------------------------------------------------- pieces
     def dataset_options(self) -> dict[str, Any]:
         """Stereo-only training loads no temporal sources; proxy supervision asks for the SGBM proxy."""
-        options: dict[str, Any] = {} if self.use_temporal else {"offsets": ()}
+        options = self.photometric.dataset_options()
         if self.proxy is not None:
             options["proxy"] = self.proxy
         return options
@@ -166,88 +281,35 @@ class SelfSupervisedTask(Task):
         return self.depth_net(batch["image"])
 
     def source_poses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """All photometric sources (B,S,3,H,W) and their T_source_target (B,S,4,4): temporal, then right."""
-        target = batch["image"]
-        images, poses = [], []
-        if self.offsets:
-            sources = batch["sources"]
-            if sources.shape[1] != len(self.offsets):
-                raise ValueError(f"batch['sources'] has {sources.shape[1]} frames but data.offsets has "
-                                 f"{len(self.offsets)}")
-            # Monodepth2 order: the pose net always sees the earlier frame first (one batched call).
-            firsts = [sources[:, i] if o < 0 else target for i, o in enumerate(self.offsets)]
-            seconds = [target if o < 0 else sources[:, i] for i, o in enumerate(self.offsets)]
-            vectors = self.pose_net(torch.cat(firsts), torch.cat(seconds)).float().chunk(len(self.offsets))
-            for i, (offset, vec) in enumerate(zip(self.offsets, vectors)):
-                images.append(sources[:, i])
-                poses.append(geometry.pose_vec_to_mat(vec, invert=offset < 0))
-        if self.use_stereo:
-            baseline = batch["baseline"].float()
-            if bool((baseline <= 0).any()):
-                keys = batch.get("frame_key", [])
-                raise ValueError(f"stereo training needs the rig baseline, but the batch has baseline <= 0 "
-                                 f"(unknown) for frames {list(keys)[:3]}: set it in the sequence metadata")
-            if not self._rig_checked:
-                self._set_rig(float(batch["K"][0, 0, 0]), float(baseline[0]), target.shape[-1])
-            images.append(batch["image_right"])
-            poses.append(geometry.stereo_pose(baseline))
-        return torch.stack(images, 1).float(), torch.stack(poses, 1)
+        """All photometric sources (B,S,3,H,W) and their T_source_target (B,S,4,4) (`PhotometricSupervision`)."""
+        return self.photometric.source_poses(batch, self.pose_net, self.depth_net)
 
     def _set_rig(self, fx: float, baseline: float, width: int) -> None:
-        """At the first stereo batch: a matching network learns the rig; a sigmoid one is checked."""
-        self._rig_checked = True
-        if hasattr(self.depth_net, "set_rig"):
-            self.depth_net.set_rig(fx, baseline, width, self.options.min_depth, self.options.max_depth)
-            reach = fx * baseline / self.options.min_depth
-            if reach > getattr(self.depth_net, "max_disparity", reach):
-                log.warning("stereo rig fx=%.1f px, baseline=%.3f m: min_depth=%g m is %.0f px of disparity, more "
-                            "than model.kwargs.max_disparity=%d searched", fx, baseline, self.options.min_depth,
-                            reach, self.depth_net.max_disparity)
-            return
-        self._check_initial_disparity(fx, baseline, width)
-
-    def _check_initial_disparity(self, fx: float, baseline: float, width: int) -> None:
-        """Warn once when the depth range makes the untrained network's stereo disparity implausibly large.
-
-        An untrained sigmoid outputs ~0.5, i.e. inverse depth mid-way between 1/max_depth and
-        1/min_depth: disparity fx * B * (1/min + 1/max) / 2 pixels. Far above ~10 % of the width,
-        every pixel warps to the wrong place and metric stereo training stalls (the problem that
-        Monodepth2's "baseline 0.1, scale 5.4" sidesteps). Raising min_depth fixes it.
-        """
-        opt = self.options
-        disparity = fx * baseline * 0.5 * (1.0 / opt.min_depth + 1.0 / opt.max_depth)
-        if disparity > 0.1 * width:
-            suggested = fx * baseline / (0.1 * width)
-            log.warning("stereo rig fx=%.1f px, baseline=%.3f m: with min_depth=%g m the untrained network starts "
-                        "at a disparity of %.0f px on a %d px wide image, which photometric training may never "
-                        "recover from; consider task.kwargs.min_depth=%.2g (start at ~%.0f px)",
-                        fx, baseline, opt.min_depth, disparity, width, suggested,
-                        fx * baseline * 0.5 * (1.0 / suggested + 1.0 / opt.max_depth))
+        """Give the depth network the rig now (normally done at the first stereo batch)."""
+        self.photometric._set_rig(self.depth_net, fx, baseline, width)
 
     # ----------------------------------------------------------------------- the task contract
     def forward(self, batch: dict[str, Any], phase: str = "main", step: int = 0) -> dict[str, torch.Tensor]:
+        return self.losses(batch, self.depth_outputs(batch))
+
+    def losses(self, batch: dict[str, Any], out: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """{'loss', parts} of the depth network's output dict `out` on `batch` (photometric, smoothness,
+        uncertainty NLL, SGBM proxy). Subclasses adding terms call it with the output they already have."""
         opt = self.options
-        out = self.depth_outputs(batch)
-        sources, poses = self.source_poses(batch)
-        device_type = batch["image"].device.type
-        with torch.autocast(device_type=device_type, enabled=False):  # losses in float32 under AMP
+        with torch.autocast(device_type=batch["image"].device.type, enabled=False):  # float32 losses under AMP
             target = batch["image"].float()
-            K = batch["K"].float()
             disps = [d.float() for d in out["disp"]]
-            reprojection = multiscale_reprojection_loss(
-                disps, target, sources, K, poses.float(), min_depth=opt.min_depth, max_depth=opt.max_depth,
-                alpha=opt.ssim_weight, automask=opt.automask)
-            smoothness = multiscale_smoothness(disps, target, opt.smoothness_weight)
-            loss = reprojection.loss + smoothness
-            parts = {"photometric": reprojection.loss.detach(), "smoothness": smoothness.detach(),
-                     "automask_fraction": reprojection.automask.float().mean()}
+            photometric = self.photometric.terms(batch, disps, self.pose_net, self.depth_net)
+            reprojection = photometric.reprojection
+            loss = photometric.loss
+            parts = photometric.parts()
             if self.has_uncertainty:
                 nll = self._uncertainty_loss(out["log_sigma"].float(), disps[0], reprojection.warped, target,
                                              reprojection.automask)
                 loss = loss + opt.uncertainty_weight * nll
                 parts["uncertainty_nll"] = nll.detach()
             if self.proxy is not None:
-                proxy, fraction = self._proxy_loss(batch, disps, reprojection.warped, target, K)
+                proxy, fraction = self._proxy_loss(batch, disps, reprojection.warped, target, batch["K"].float())
                 loss = loss + opt.proxy_weight * proxy
                 parts["proxy"], parts["proxy_fraction"] = proxy.detach(), fraction
         return {"loss": loss, **parts}
@@ -302,9 +364,9 @@ class SelfSupervisedTask(Task):
         out = self.depth_outputs(batch)
         depth = geometry.disp_to_depth(out["disp"][0][0, 0].float(), self.min_depth, self.max_depth)[1]
         panels = {"image": batch["image"][0].float().cpu(),
-                  "depth": _to_panel(colorize_depth(depth.cpu().numpy()))}
+                  "depth": to_panel(colorize_depth(depth.cpu().numpy()))}
         if "log_sigma" in out:
             std = torch.exp(out["log_sigma"][0, 0].float()).cpu().numpy()
-            panels["uncertainty"] = _to_panel(colorize_uncertainty(std))
+            panels["uncertainty"] = to_panel(colorize_uncertainty(std))
         return panels
 

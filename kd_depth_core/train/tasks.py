@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -119,6 +120,11 @@ class Task(nn.Module):
         return {}
 
 
+def to_panel(rgb: np.ndarray) -> torch.Tensor:
+    """A TensorBoard image panel for `Task.visuals`: (H,W,3) uint8 -> (3,H,W) float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float() / 255.0
+
+
 # --------------------------------------------------------------------------- registry
 _TASKS: dict[str, type[Task]] = {}
 
@@ -127,11 +133,13 @@ _TASKS: dict[str, type[Task]] = {}
 TASK_MODULES: list[str] = [
     "kd_depth_core.train.self_supervised",
     "kd_depth_core.train.segmentation_task",
+    "kd_depth_core.train.supervised",
     "kd_depth_core.distill",
     "kd_depth_core.distill.kd_ms_dpt",
     "kd_depth_core.distill.lumde",
     "kd_depth_core.distill.adu_depth",
     "kd_depth_core.distill.xdistill",
+    "kd_depth_core.distill.foundation",
 ]
 
 

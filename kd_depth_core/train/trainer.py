@@ -108,15 +108,20 @@ _RESUME_FREE_KEYS = {"train.resume", "train.max_steps", "train.progress", "train
                      "data.num_workers"}
 
 
-def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """'key: old -> new' for every leaf that differs (keys that may change on resume are left out)."""
+def config_changes(old: Any, new: Any, ignore: frozenset[str] | set[str] = _RESUME_FREE_KEYS,
+                   prefix: str = "") -> list[str]:
+    """'key: old -> new' for every dotted leaf key that differs between two resolved configs.
+
+    ``ignore``: dotted keys left out (default: those that may change on resume; ``()`` = none, for
+    error messages). A missing side is None.
+    """
     if isinstance(old, dict) and isinstance(new, dict):
         out: list[str] = []
         for key in sorted(set(old) | set(new)):
             path = f"{prefix}.{key}" if prefix else str(key)
-            out += config_changes(old.get(key), new.get(key), path)
+            out += config_changes(old.get(key), new.get(key), ignore, path)
         return out
-    return [] if old == new or prefix in _RESUME_FREE_KEYS else [f"{prefix}: {old!r} -> {new!r}"]
+    return [] if old == new or prefix in ignore else [f"{prefix}: {old!r} -> {new!r}"]
 
 
 @dataclass
@@ -130,20 +135,6 @@ class TrainResult:
     val_metrics: dict[str, float] = field(default_factory=dict)  # the last validation
     checkpoint: Path | None = None
     model_path: Path | None = None
-
-
-def _config_changes(saved: Any, current: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two resolved configs (for error messages)."""
-    if not isinstance(saved, dict):
-        return []
-    changes = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes += _config_changes(a, b, f"{prefix}{key}.")
-        elif a != b:
-            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return changes
 
 
 # --------------------------------------------------------------------------- trainer
@@ -241,7 +232,8 @@ class Trainer:
         try:
             result = self.task.load_state_dict(state["task"], strict=not self._checkpoint_exclude)
         except RuntimeError as error:
-            changed = _config_changes(state.get("config"), self.cfg.to_dict())
+            saved = state.get("config")
+            changed = config_changes(saved, self.cfg.to_dict(), ignore=frozenset()) if isinstance(saved, dict) else []
             raise ckpt.CheckpointError(
                 f"{source}: the checkpoint does not fit this task's networks (written with another config"
                 f"{': ' + ', '.join(changed[:6]) if changed else ''}). Resume with the config it was written with, "
