@@ -18,16 +18,9 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from kd_depth_ros import conversions
-from kd_depth_ros.depth_worker import (
-    COMMON_SPECS,
-    DepthNodeBase,
-    Frame,
-    FrameError,
-    Topic,
-    failure_kind,
-    help_epilog,
-    run_node,
-)
+from kd_depth_ros.depth_worker import FrameError, failure_kind
+from kd_depth_ros.node_base import DepthNodeBase, Frame, Topic, help_epilog, run_node
+from kd_depth_ros.node_params import COMMON_SPECS
 from kd_depth_ros.params import ParamSpec
 from kd_depth_ros.sync import CameraInfoMatcher
 
@@ -41,7 +34,8 @@ SPECS: tuple[ParamSpec, ...] = COMMON_SPECS + (
 )
 
 SUBSCRIBES = (
-    Topic("image", "sensor_msgs/Image", "rgb8, bgr8, rgba8, bgra8, mono8, mono16, 16UC1 (image_transport raw)"),
+    Topic("image", "sensor_msgs/Image", "rgb/bgr(a) 8/16-bit, mono8/16, Bayer, YUV422, NV12/21 (image_transport "
+          "raw)"),
     Topic("image/compressed", "sensor_msgs/CompressedImage", "jpeg or png (image_transport compressed; follows the "
           "remapped image topic)"),
     Topic("camera_info", "sensor_msgs/CameraInfo", "intrinsics of 'image' (needed for every frame)"),

@@ -1,7 +1,8 @@
 """``stereo_depth_node``: metric depth, disparity, uncertainty and a point cloud from a rectified stereo pair.
 
-Subscribes ``left/image_rect``, ``right/image_rect`` (``.../compressed`` with ``image_transport:
-compressed``), ``left/camera_info`` and ``right/camera_info``, paired by header stamp within
+Subscribes ``left/image_rect``, ``right/image_rect`` (with ``image_transport: compressed``, the remapped
+image topic + ``/compressed``, as image_transport does), ``left/camera_info`` and ``right/camera_info``
+(``model_path`` is required: no stereo model is bundled), paired by header stamp within
 ``sync_slop_s`` (bounded queues, dropped messages counted in /diagnostics). The baseline comes
 from the right camera's projection matrix, T = -P[3] / P[0]; it scales the metric depth with the focal
 length, (f·T) / (f_train·T_train), when the model records its training baseline. Publishes for the left view:
@@ -13,22 +14,14 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from stereo_msgs.msg import DisparityImage
 
-from kd_depth_core.geometry import depth_to_disparity
 from kd_depth_ros import conversions
-from kd_depth_ros.depth_worker import (
-    COMMON_SPECS,
-    DEFAULT_STEREO_MODEL_FILE,
-    DepthNodeBase,
-    Frame,
-    Topic,
-    help_epilog,
-    run_node,
-)
+from kd_depth_ros.depth_outputs import disparity_message
+from kd_depth_ros.node_base import DepthNodeBase, Frame, Topic, help_epilog, run_node
+from kd_depth_ros.node_params import COMMON_SPECS
 from kd_depth_ros.params import ParamSpec
 from kd_depth_ros.sync import StampSynchronizer
 
@@ -67,7 +60,7 @@ class StereoDepthNode(DepthNodeBase):
     NODE_NAME = NODE_NAME
     SPECS = SPECS
     STEREO = True
-    DEFAULT_MODEL = DEFAULT_STEREO_MODEL_FILE
+    DEFAULT_MODEL = None  # no stereo model is bundled: model_path is required
 
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
@@ -80,12 +73,12 @@ class StereoDepthNode(DepthNodeBase):
 
     def create_inputs(self, qos: QoSProfile) -> None:
         self.sync.reset()
-        compressed = self.values["image_transport"] == "compressed"
-        image_type, suffix = (CompressedImage, "/compressed") if compressed else (Image, "")
+        image_type = CompressedImage if self.values["image_transport"] == "compressed" else Image
         fix = "Set parameter 'sub_reliability' to match the camera."
         for index, topic in enumerate(INPUTS):
-            is_image = index < 2
-            sub = self.create_subscription(image_type if is_image else CameraInfo, topic + (suffix if is_image else ""),
+            is_image = index < 2  # images follow image_transport: '<remapped base>/compressed'
+            sub = self.create_subscription(image_type if is_image else CameraInfo,
+                                           self.transport_topic(topic) if is_image else topic,
                                            lambda msg, i=index: self._on_input(i, msg), qos)
             self.subs.append(sub)
             self.qos_warner.watch(sub, qos, fix)
@@ -133,16 +126,10 @@ class StereoDepthNode(DepthNodeBase):
         # The metric scale is (f·B) / (f_train·B_train) when the model records its training baseline.
         prediction = self.predict_timed(lambda: self.predictor.predict_stereo(left, right, K=K, baseline=baseline))
         header = frame.images[0].header
-        depth, out_info = self.publish_depth(header, info, prediction, left)
+        frame = self.publish_depth(header, info, prediction, left)
         if self.values["publish_disparity"]:
-            focal = float(out_info.k[0])
-            disparity = depth_to_disparity(depth, focal, baseline)
-            disparity[~(disparity > 0)] = np.nan
-            msg = conversions.disparity_to_msg(disparity, header, focal, baseline,
-                                               focal * baseline / self.values["max_depth"],
-                                               focal * baseline / self.values["min_depth"]
-                                               if self.values["min_depth"] > 0 else float("inf"))
-            self.pubs["disparity"].publish(msg)
+            self.pubs["disparity"].publish(disparity_message(frame, baseline, self.values["min_depth"],
+                                                             self.values["max_depth"]))
         return True
 
 

@@ -4,8 +4,10 @@ Nodes are started as a launch file would start them: the installed executable (`
 or on PATH) with ``--ros-args --params-file ... -r from:=to -p name:=value``; when the package is not
 installed, ``python -m <module>`` with the repository on PYTHONPATH. ``RosHarness`` is an rclpy node in
 the test process with its own context, publishers and recording subscribers. test/conftest.py gives
-every run its own ``ROS_DOMAIN_ID`` on loopback. Known-output models (all weights zero -> the sigmoid
-disparity is 0.5 everywhere) are written in the released format by :func:`write_constant_model`.
+every run its own ``ROS_DOMAIN_ID`` on loopback. Models with a known output: :func:`write_pixel_model` (an
+ONNX export whose depth is an affine function of each pixel's colour, see :class:`PixelModel`, so channel
+order, left/right, resize and focal/baseline scaling all show in the published values) and
+:func:`write_constant_model` (a released ``.safetensors`` model with all weights zero, for the torch path).
 :func:`faulty_node_command` starts a node whose model backend fails on chosen frames (fault injection).
 """
 from __future__ import annotations
@@ -17,8 +19,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config"
@@ -59,6 +64,108 @@ def write_constant_model(path: Path, stereo: bool = False, min_depth: float = 1.
                                     max_depth=max_depth, scale_kind="metric", focal_length_px=None,
                                     has_uncertainty=True, stereo=stereo)
     return save_model(path, model, meta)
+
+
+@dataclass(frozen=True)
+class PixelModel:
+    """An ONNX "depth network" with a hand-checkable output, per pixel of its (input_height, input_width) input
+    with channels R, G, B in [0, 1] (the image / 255 after the predictor's area resize):
+
+    - mono:   depth = a + b*R - c*B,                 uncertainty = u0 + u1*G
+    - stereo: depth = a + b*R_left - c*R_right - e*B_left,   uncertainty = u0 + u1*G_left
+
+    (then the predictor's metric scale: x fx_runtime/fx_train, stereo x (fx*T)/(fx_train*T_train)). Swapping R
+    and B, or left and right, changes every value.
+    """
+
+    a: float = 1.0
+    b: float = 2.0
+    c: float = 1.0
+    e: float = 0.5
+    u0: float = 0.1
+    u1: float = 0.5
+
+    def depth(self, rgb: np.ndarray, right: np.ndarray | None = None) -> np.ndarray:
+        """The network's depth (before metric scaling) for RGB uint8 (H, W, 3) image(s) at the input size."""
+        x = rgb.astype(np.float64) / 255.0
+        if right is None:
+            return self.a + self.b * x[..., 0] - self.c * x[..., 2]
+        return self.a + self.b * x[..., 0] - self.c * right.astype(np.float64)[..., 0] / 255.0 - self.e * x[..., 2]
+
+    def uncertainty(self, rgb: np.ndarray) -> np.ndarray:
+        return self.u0 + self.u1 * rgb.astype(np.float64)[..., 1] / 255.0
+
+
+PIXEL_MODEL = PixelModel()
+
+
+def write_pixel_model(path: Path, stereo: bool = False, height: int = 24, width: int = 32,
+                      focal_length_px: float | None = None, baseline_m: float | None = None,
+                      scale_kind: str = "metric", has_uncertainty: bool = True,
+                      model: PixelModel = PIXEL_MODEL) -> Path:
+    """Write :class:`PixelModel` as a kd-depth ONNX export (the metadata in ``metadata_props['kd_depth']``, as
+    ``kd-depth export`` writes it) with a fixed (height, width) input; runs with ONNX Runtime, no torch."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from kd_depth_core.inference.export import ONNX_METADATA_KEY
+    from kd_depth_core.models.io import ModelMetadata
+
+    inputs = ["left", "right"] if stereo else ["image"]
+    nodes, initializers = [], []
+
+    def const(name: str, value) -> str:
+        initializers.append(helper.make_tensor(name, TensorProto.FLOAT if not isinstance(value, list) else
+                                               TensorProto.INT64, [len(value)] if isinstance(value, list) else [],
+                                               value if isinstance(value, list) else [float(value)]))
+        return name
+
+    def channel(source: str, index: int) -> str:
+        out = f"{source}_c{index}"
+        nodes.append(helper.make_node("Gather", [source, const(f"idx_{out}", [index])], [out], axis=1))
+        return out
+
+    def op(kind: str, a: str, b: str, out: str) -> str:
+        nodes.append(helper.make_node(kind, [a, b], [out]))
+        return out
+
+    first = inputs[0]
+    red, blue = channel(first, 0), channel(first, 2)
+    green = channel(first, 1) if has_uncertainty else ""
+    depth = op("Add", const("a", model.a), op("Mul", red, const("b", model.b), "bR"), "a_bR")
+    depth = op("Sub", depth, op("Mul", blue, const("c" if not stereo else "e", model.c if not stereo else model.e),
+                                "cB"), "depth" if not stereo else "a_bR_eB")
+    if stereo:
+        depth = op("Sub", depth, op("Mul", channel("right", 0), const("c", model.c), "cRr"), "depth")
+    outputs = ["depth"]
+    if has_uncertainty:
+        op("Add", const("u0", model.u0), op("Mul", green, const("u1", model.u1), "u1G"), "uncertainty")
+        outputs.append("uncertainty")
+    shape = ["batch", 3, height, width]
+    graph = helper.make_graph(nodes, "pixel_model",
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name in inputs],
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 1, height, width])
+                               for name in outputs], initializer=initializers)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    meta = ModelMetadata.from_dict({
+        "model_name": "pixel_model", "model_kwargs": {}, "input_height": height, "input_width": width,
+        "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "size_multiple": 8, "min_depth": 0.05, "max_depth": 100.0,
+        "scale_kind": scale_kind, "focal_length_px": focal_length_px, "stereo": stereo, "has_uncertainty": has_uncertainty,
+        "training_config": {}, "created_by": "kd-depth tests (test/ros_helpers.py)", "baseline_m": baseline_m})
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = ONNX_METADATA_KEY, meta.to_json()
+    onnx.checker.check_model(proto)
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+def block_image(height: int, width: int, red_step: int = 8, blue_step: int = 10, green: int = 100,
+                block: int = 2) -> np.ndarray:
+    """RGB uint8 (height, width, 3) of ``block`` x ``block`` tiles: R = red_step * tile column, B = blue_step *
+    tile row, G constant. Area-resized by 1/``block`` it is exactly the tile grid (no interpolation error)."""
+    rows, cols = np.indices((height, width)) // block
+    return np.stack([red_step * cols, np.full_like(cols, green), blue_step * rows], axis=-1).astype(np.uint8)
 
 
 def node_command(executable: str) -> list[str]:
@@ -123,8 +230,10 @@ class NodeProcess:
 
     def __init__(self, executable: str, params_file: Path | None = None, params: dict[str, Any] | None = None,
                  remaps: dict[str, str] | None = None, name: str | None = None, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None, command: list[str] | None = None):
-        command = (command or node_command(executable)) + (extra_args or []) + ["--ros-args"]
+                 env: dict[str, str] | None = None, command: list[str] | None = None,
+                 ros_args: list[str] | None = None):
+        """``ros_args``: given as they are right after ``--ros-args`` (e.g. what a launch file expands to)."""
+        command = (command or node_command(executable)) + (extra_args or []) + ["--ros-args"] + (ros_args or [])
         if params_file is not None:
             command += ["--params-file", str(params_file)]
         for key, value in (params or {}).items():

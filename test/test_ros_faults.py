@@ -16,8 +16,10 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from sensor_msgs.msg import CameraInfo, Image
 
 from kd_depth_ros import conversions
-from kd_depth_ros.depth_worker import LatestFrameWorker, ThrottledLog, dds_profile_hint, resolve_model_path
+from kd_depth_ros.depth_worker import LatestFrameWorker, ThrottledLog
 from kd_depth_ros.diagnostics import DepthNodeStatus, status_values
+from kd_depth_ros.node_base import dds_profile_hint
+from kd_depth_ros.node_params import resolve_model_path
 from kd_depth_ros.sync import CameraInfoMatcher
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -1,8 +1,11 @@
 """mono_depth_node as a separate process (real rclpy, the config file, remaps) fed synthetic frames.
 
-The model has all-zero weights, so its output is known: depth = 1 / (1/3 + (1/1 - 1/3) * 0.5) = 1.5 m
-(min_depth 1, max_depth 3 in its metadata), uncertainty = exp(0) = 1 m. Also unit tests of the
-pieces the node is made of: parameters, the newest-frame-wins worker, diagnostics, the QoS check.
+The model is ros_helpers.PixelModel as an ONNX export at 32x24: per pixel depth = 1 + 2*R - B and std =
+0.1 + 0.5*G (R, G, B in [0, 1]), times the focal scale fx_runtime / fx_train = (50 * 32/64) / 12.5 = 2. The
+64x48 test image is made of 2x2 tiles (R = 8 * tile column, B = 10 * tile row, G = 100), so the network sees
+the tile grid exactly and every published value is worked out by hand: a swapped channel order, a wrong
+resize or a missing focal scale changes them. Also unit tests of the pieces the node is made of: parameters,
+the newest-frame-wins worker, diagnostics, the QoS check, the configure error line.
 """
 from __future__ import annotations
 
@@ -19,29 +22,35 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from kd_depth_ros import conversions
-from kd_depth_ros.depth_worker import COMMON_SPECS, LatestFrameWorker, RangeMask, check_common
+from kd_depth_ros.depth_outputs import RangeMask
+from kd_depth_ros.depth_worker import LatestFrameWorker
 from kd_depth_ros.diagnostics import DepthNodeStatus, RateMeter, status_values
+from kd_depth_ros.node_params import COMMON_SPECS, check_common
 from kd_depth_ros.params import ParameterError, ParamSpec, coerce
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ros_helpers import (  # noqa: E402
     CONFIG,
     DDS_ENV,
+    PIXEL_MODEL,
     NodeProcess,
     RosHarness,
+    block_image,
     camera_info,
-    constant_depth,
     header,
-    write_constant_model,
+    write_pixel_model,
 )
 
 STARTUP_S = 180.0  # importing torch dominates; bounded, generous for loaded CI machines
 MESSAGE_S = 30.0
-DEPTH_M = constant_depth(1.0, 3.0)  # 1.5
+FOCAL_SCALE = 2.0  # fx at the network width, 50 * 32/64 = 25 px, over the model's training fx 12.5 px
 W, H = 64, 48  # input
 OUT_W, OUT_H = 32, 24  # output_width/height: half the input
 FX, FY, CX, CY = 50.0, 40.0, 32.0, 24.0
-COLOR = (100, 150, 200)
+IMAGE = block_image(H, W)  # RGB; the network (32x24, area resize) sees its 2x2 tiles: IMAGE[::2, ::2]
+TILES = IMAGE[::2, ::2]
+EXPECTED_DEPTH = FOCAL_SCALE * PIXEL_MODEL.depth(TILES)  # (24, 32) metres at the output size
+EXPECTED_STD = FOCAL_SCALE * PIXEL_MODEL.uncertainty(TILES)
 FRAME = "test_cam_optical_frame"
 
 
@@ -185,9 +194,19 @@ def test_invalid_parameter_exits_with_the_parameter_and_range():
         node.stop()
 
 
+def test_malformed_ros_arguments_exit_with_one_line():
+    node = NodeProcess("mono_depth_node", remaps={"__ns": "no_leading_slash"})
+    try:
+        assert node.process.wait(STARTUP_S) == 2, node.log()
+        assert "[mono_depth_node] invalid ROS arguments:" in node.log() and "__ns:=no_leading_slash" in node.log()
+        assert "Traceback" not in node.log()
+    finally:
+        node.stop()
+
+
 @pytest.fixture(scope="module")
 def mono(tmp_path_factory):
-    model = write_constant_model(tmp_path_factory.mktemp("mono_model") / "zero.safetensors")
+    model = write_pixel_model(tmp_path_factory.mktemp("mono_model") / "pixel.onnx", focal_length_px=12.5)
     params = {"model_path": str(model), "device": "cpu", "output_width": OUT_W, "output_height": OUT_H,
               "points_stride": 2, "publish_colorized": True, "no_input_warn_s": 1.0, "diagnostics_period_s": 0.5}
     node = NodeProcess("mono_depth_node", params_file=CONFIG / "mono_depth.yaml", params=params,
@@ -210,10 +229,10 @@ def mono(tmp_path_factory):
         node.stop()
 
 
-def rgb_frame(stamp_ns: int) -> Image:
-    image = np.empty((H, W, 3), np.uint8)
-    image[...] = COLOR
-    return conversions.numpy_to_image(image, "rgb8", header(stamp_ns, FRAME))
+def rgb_frame(stamp_ns: int, encoding: str = "rgb8") -> Image:
+    """The tile image as ``rgb8``, or as ``bgr8`` (the same colours, bytes in B, G, R order)."""
+    image = IMAGE if encoding == "rgb8" else np.ascontiguousarray(IMAGE[..., ::-1])
+    return conversions.numpy_to_image(image, encoding, header(stamp_ns, FRAME))
 
 
 def send(harness, info_pub, image_pub, image_msg, stamp_ns: int | None = None, with_info: bool = True) -> None:
@@ -248,7 +267,11 @@ def test_known_frame_gives_known_depth_camera_info_uncertainty_and_points(mono):
     depth_msg = next(m for m in received["depth"] if conversions.header_stamp_ns(m.header) == stamp)
     assert depth_msg.encoding == "32FC1" and depth_msg.header.frame_id == FRAME
     assert (depth_msg.width, depth_msg.height) == (OUT_W, OUT_H)
-    np.testing.assert_allclose(conversions.image_to_numpy(depth_msg), DEPTH_M, rtol=1e-5)
+    depth = conversions.image_to_numpy(depth_msg)
+    # by hand: top right tile R = 8*31 = 248, B = 0: 2 * (1 + 2*248/255) = 5.8902 m; bottom left R = 0,
+    # B = 10*23 = 230: 2 * (1 - 230/255) = 0.19608 m (a bgr/rgb mix-up would give 2*(1 + 2*0 - 248/255) there)
+    assert depth[0, 31] == pytest.approx(5.890196, rel=1e-5) and depth[23, 0] == pytest.approx(0.196078, rel=1e-5)
+    np.testing.assert_allclose(depth, EXPECTED_DEPTH, rtol=1e-5)
 
     info = next(m for m in received["depth/camera_info"] if conversions.header_stamp_ns(m.header) == stamp)
     assert (info.width, info.height, info.header.frame_id) == (OUT_W, OUT_H, FRAME)
@@ -256,33 +279,59 @@ def test_known_frame_gives_known_depth_camera_info_uncertainty_and_points(mono):
 
     std = next(m for m in received["uncertainty"] if conversions.header_stamp_ns(m.header) == stamp)
     assert std.encoding == "32FC1" and std.header.frame_id == FRAME
-    np.testing.assert_allclose(conversions.image_to_numpy(std), 1.0, rtol=1e-5)
+    # G = 100 everywhere: 2 * (0.1 + 0.5 * 100/255) = 0.59216 m
+    np.testing.assert_allclose(conversions.image_to_numpy(std), EXPECTED_STD, rtol=1e-5)
+    assert EXPECTED_STD[0, 0] == pytest.approx(0.592157, rel=1e-5)
 
     cloud = next(m for m in received["points"] if conversions.header_stamp_ns(m.header) == stamp)
     assert (cloud.height, cloud.width, cloud.is_dense, cloud.header.frame_id) == (OUT_H // 2, OUT_W // 2, False, FRAME)
     points = conversions.cloud_to_numpy(cloud)
-    # row 1, column 3 of the stride-2 grid = pixel (u=6, v=2): X = (6-16)*1.5/25, Y = (2-12)*1.5/20
-    np.testing.assert_allclose(points[1, 3], [-0.6, -0.75, 1.5], rtol=1e-5)
-    np.testing.assert_allclose(points[0, 8], [0.0, -0.9, 1.5], rtol=1e-5, atol=1e-6)  # u=16=cx: X = 0
-    (packed,) = struct.unpack_from("<I", bytes(cloud.data), 12)
-    assert packed == (COLOR[0] << 16) | (COLOR[1] << 8) | COLOR[2]
+    # row 1, column 3 of the stride-2 grid = pixel (u=6, v=2), tile R = 48, B = 20: Z = 2 * (1 + 96/255 - 20/255)
+    # = 2.59608 m; X = (6-16) * Z / 25, Y = (2-12) * Z / 20
+    z = 2.0 * (1.0 + 96.0 / 255.0 - 20.0 / 255.0)
+    np.testing.assert_allclose(points[1, 3], [-10 * z / 25, -10 * z / 20, z], rtol=1e-5)
+    z = EXPECTED_DEPTH[0, 16]
+    np.testing.assert_allclose(points[0, 8], [0.0, -12 * z / 20, z], rtol=1e-5, atol=1e-6)  # u=16=cx: X = 0
+    (packed,) = struct.unpack_from("<I", bytes(cloud.data), (1 * cloud.width + 3) * cloud.point_step + 12)
+    assert packed == (48 << 16) | (100 << 8) | 20  # that pixel's R, G, B
 
     colorized = next(m for m in received["depth/colorized"] if conversions.header_stamp_ns(m.header) == stamp)
     assert (colorized.encoding, colorized.width, colorized.height) == ("rgb8", OUT_W, OUT_H)
     assert "XMLPARSER" not in node.log(), "Fast DDS rejected config/fastdds_large_data.xml"
 
 
+def test_bgr8_gives_the_rgb8_depth_and_a_mislabelled_image_does_not(mono):
+    node, harness, image_pub, info_pub, received = mono
+    stamp, mislabelled = 2_500_000_000, 2_600_000_000
+    send(harness, info_pub, image_pub, rgb_frame(stamp, "bgr8"), stamp)
+    assert harness.wait(lambda: stamp in stamps(received["depth"]), MESSAGE_S), node.log()
+    depth = next(m for m in received["depth"] if conversions.header_stamp_ns(m.header) == stamp)
+    np.testing.assert_allclose(conversions.image_to_numpy(depth), EXPECTED_DEPTH, rtol=1e-5)
+    # B, G, R bytes labelled rgb8: the network sees R and B exchanged, depth = 2 * (1 + 2*B - R)
+    swapped = rgb_frame(mislabelled, "bgr8")
+    swapped.encoding = "rgb8"
+    send(harness, info_pub, image_pub, swapped, mislabelled)
+    assert harness.wait(lambda: mislabelled in stamps(received["depth"]), MESSAGE_S), node.log()
+    depth = next(m for m in received["depth"] if conversions.header_stamp_ns(m.header) == mislabelled)
+    expected = FOCAL_SCALE * PIXEL_MODEL.depth(TILES[..., ::-1])
+    expected[expected < 0.1] = np.nan  # below min_depth (config): NaN
+    np.testing.assert_allclose(conversions.image_to_numpy(depth), expected, rtol=1e-5)
+    # tile column 16 of row 0: R = 128, B = 0 -> 2 * (1 - 128/255) = 0.99608 m instead of 2 * (1 + 256/255)
+    assert conversions.image_to_numpy(depth)[0, 16] == pytest.approx(0.996078, rel=1e-5)
+    assert EXPECTED_DEPTH[0, 16] == pytest.approx(4.007843, rel=1e-5)
+
+
 def test_bad_messages_are_logged_and_skipped_and_the_next_good_frame_is_published(mono):
     node, harness, image_pub, info_pub, received = mono
     good = rgb_frame(3_000_000_000)
     bad_encoding = rgb_frame(3_100_000_000)
-    bad_encoding.encoding = "yuv422"
+    bad_encoding.encoding = "8UC5"
     wrong_step = rgb_frame(3_200_000_000)
     wrong_step.step = W  # fewer bytes than a row of rgb8
     empty = rgb_frame(3_300_000_000)
     empty.data = array.array("B")
     bad_stamps = []
-    for msg, text in ((bad_encoding, "encoding: unsupported 'yuv422'"), (wrong_step, "step: 64 bytes is less"),
+    for msg, text in ((bad_encoding, "encoding: unsupported '8UC5'"), (wrong_step, "step: 64 bytes is less"),
                       (empty, "data: expected step*height")):
         stamp = conversions.header_stamp_ns(msg.header)
         bad_stamps.append(stamp)
@@ -312,7 +361,7 @@ def test_diagnostics_report_device_rates_and_invalid_messages(mono):
 
     assert harness.wait(lambda: int(latest().get("frames published", 0)) >= 2, MESSAGE_S), node.log()
     values = latest()
-    assert values["device"] == "cpu" and "student_lcnet" in values["model"]
+    assert values["device"] == "cpu" and "pixel_model" in values["model"] and "onnxruntime" in values["model"]
     assert int(values["frames received"]) >= int(values["frames published"])
     assert float(values["inference p50 (ms)"]) > 0 and float(values["latency p50 (ms)"]) > 0
     assert 0 <= float(values["queue wait p50 (ms)"]) <= float(values["latency p50 (ms)"])
@@ -347,3 +396,145 @@ def test_lifecycle_deactivate_stops_output_and_activate_resumes(mono):
         send(harness, info_pub, image_pub, rgb_frame(stamp), stamp)  # discovery of the new subscription may lag
         harness.wait(lambda: stamp in stamps(received["depth"]), 1.0)
     assert stamp in stamps(received["depth"]), node.log()
+
+
+# --------------------------------------------------------------------------- real rclpy, in process: configure
+def in_process_node(params: dict):
+    """(context, MonoDepthNode) in this process with ``params`` (autostart off); close with :func:`close`."""
+    import rclpy
+    from rclpy.context import Context
+
+    from kd_depth_ros.mono_depth_node import MonoDepthNode
+
+    context = Context()
+    rclpy.init(context=context)
+    args = ["--ros-args", "-r", "__ns:=/configure_test"]
+    for key, value in {"device": "cpu", "warmup": False, **params}.items():
+        args += ["-p", f"{key}:={value}"]
+    return context, MonoDepthNode(context=context, cli_args=args)
+
+
+def close(context, node) -> None:
+    import rclpy
+
+    node.destroy_node()
+    rclpy.try_shutdown(context=context)
+
+
+def test_a_model_without_uncertainty_does_not_advertise_it(tmp_path):
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    model = write_pixel_model(tmp_path / "no_std.onnx", has_uncertainty=False)
+    context, node = in_process_node({"model_path": str(model)})
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        advertised = {name for name, _ in node.get_publisher_names_and_types_by_node(node.get_name(),
+                                                                                     node.get_namespace())}
+        assert {"/configure_test/depth", "/configure_test/points"} <= advertised
+        assert "/configure_test/uncertainty" not in advertised and "uncertainty" not in node.pubs
+    finally:
+        close(context, node)
+
+
+def test_a_failed_configure_names_the_parameter_in_one_line(tmp_path):
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from kd_depth_ros.node_params import configure_error
+
+    # scale_mode 'focal' on a model that records no training focal length: the predictor refuses it
+    model = write_pixel_model(tmp_path / "no_focal.onnx", focal_length_px=None)
+    context, node = in_process_node({"model_path": str(model), "scale_mode": "focal"})
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert node.predictor is None and node.pubs == {}
+        node.values["scale_mode"] = "auto"
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS  # the node was left unconfigured
+    finally:
+        close(context, node)
+    values = {"scale_mode": "ground_plane", "camera_height": 0.0, "device": "cpu"}
+    line = configure_error(ValueError("scale_mode: a relative model needs\n 'ground_plane' or 'fixed'"), values)
+    assert line == ("parameter 'scale_mode' = 'ground_plane': ValueError: scale_mode: a relative model needs "
+                    "'ground_plane' or 'fixed'")
+    assert configure_error(RuntimeError("device 'cuda' requested"), values).startswith("parameter 'device' = 'cpu'")
+    assert configure_error(OSError("the CUDA device is gone"), values) == "OSError: the CUDA device is gone"
+    assert configure_error(FileNotFoundError("parameter 'model_path' is empty"), values) == \
+        "parameter 'model_path' is empty"
+
+
+def test_configure_failure_exits_with_one_line_and_no_traceback(tmp_path):
+    model = write_pixel_model(tmp_path / "no_focal.onnx", focal_length_px=None)
+    node = NodeProcess("mono_depth_node", params_file=CONFIG / "mono_depth.yaml",
+                       params={"model_path": str(model), "scale_mode": "focal", "device": "cpu"})
+    try:
+        assert node.process.wait(STARTUP_S) == 1, node.log()
+        lines = [line for line in node.log().splitlines() if "configure failed" in line]
+        assert len(lines) == 1 and "parameter 'scale_mode' = 'focal': ValueError: scale_mode 'focal' needs" \
+            in lines[0], node.log()
+        assert "Traceback" not in node.log()
+    finally:
+        node.stop()
+
+
+# --------------------------------------------------------------------------- a foreign ONNX model with a card
+def test_foreign_relative_model_publishes_metric_depth_with_ground_plane_scale(tmp_path):
+    """A Depth-Anything-like ONNX (disparity = 10 x red, test/foreign_fixtures.py) with its YAML card given by
+    ``model_card``: the red channel is proportional to a flat floor's inverse depth, so ground_plane scale with
+    the camera height must publish the floor's true depth Z = f * h / (v - cy); no uncertainty is advertised."""
+    from foreign_fixtures import pixel_disparity_onnx, write_card
+
+    onnx = pixel_disparity_onnx(tmp_path / "foreign.onnx")
+    (tmp_path / "cards").mkdir()
+    card = write_card(tmp_path / "cards" / "pixel_disparity.yaml", **{"input.default_size": [84, 112]})
+    height, width, f, cy, camera_height = 84, 112, 60.0, 84 * 0.4, 1.5
+    rows = np.arange(height, dtype=np.float64)
+    inverse_depth = np.where(rows > cy + 1, (rows - cy) / (f * camera_height), 0.0)  # floor below the horizon
+    image = np.zeros((height, width, 3), np.uint8)
+    image[..., 0] = np.round(inverse_depth / inverse_depth.max() * 0.9 * 255)[:, None]
+    params = {"model_path": str(onnx), "model_card": str(card), "device": "cpu", "scale_mode": "ground_plane",
+              "camera_height": camera_height, "min_depth": 0.1, "max_depth": 1000.0}
+    node = NodeProcess("mono_depth_node", params_file=CONFIG / "mono_depth.yaml", params=params,
+                       remaps={"image": "/foreign_cam/image", "camera_info": "/foreign_cam/camera_info",
+                               "__ns": "/foreign"}, env=DDS_ENV)
+    harness = RosHarness("foreign_test_harness")
+    try:
+        depth = harness.subscribe(Image, "/foreign/depth")
+        image_pub = harness.publisher(Image, "/foreign_cam/image", "best_effort")
+        info_pub = harness.publisher(CameraInfo, "/foreign_cam/camera_info", "best_effort")
+        assert harness.wait(lambda: image_pub.get_subscription_count() > 0
+                            and harness.node.count_publishers("/foreign/depth") > 0, STARTUP_S), node.log()
+        assert harness.node.count_publishers("/foreign/uncertainty") == 0  # the model has none: not advertised
+        stamp = 7_000_000_000
+        while not depth and harness.wait(lambda: node.running(), 0.1):
+            stamp += 100_000_000
+            info_pub.publish(camera_info(stamp, FRAME, width, height, f, f, (width - 1) / 2, cy))
+            harness.spin(0.05)
+            image_pub.publish(conversions.numpy_to_image(image, "rgb8", header(stamp, FRAME)))
+            harness.wait(lambda: bool(depth), 1.0)
+        assert depth, node.log()
+        msg = depth[-1]
+        assert msg.encoding == "32FC1" and (msg.width, msg.height) == (width, height)
+        published = conversions.image_to_numpy(msg)
+        floor = rows > height * 0.6
+        truth = 1.0 / inverse_depth[floor]  # e.g. the bottom row: 60 * 1.5 / (83 - 33.6) = 1.8219 m
+        assert truth[-1] == pytest.approx(1.821862, rel=1e-5)
+        np.testing.assert_allclose(published[floor, :], np.repeat(truth[:, None], width, 1), rtol=2e-2)
+        assert "ground_plane" in node.log() and "Traceback" not in node.log()
+    finally:
+        harness.close()
+        node.stop()
+
+
+def test_foreign_relative_model_without_a_usable_scale_mode_fails_configure_in_one_line(tmp_path):
+    from foreign_fixtures import pixel_disparity_onnx, write_card
+
+    onnx = pixel_disparity_onnx(tmp_path / "foreign.onnx")
+    card = write_card(tmp_path / "card.yaml", **{"input.default_size": [84, 112]})
+    node = NodeProcess("mono_depth_node", params_file=CONFIG / "mono_depth.yaml",
+                       params={"model_path": str(onnx), "model_card": str(card), "device": "cpu"})
+    try:
+        assert node.process.wait(STARTUP_S) == 1, node.log()
+        lines = [line for line in node.log().splitlines() if "configure failed" in line]
+        assert len(lines) == 1 and "parameter 'scale_mode' = 'auto': ValueError: scale_mode:" in lines[0], node.log()
+        assert "'ground_plane'" in lines[0] and "Traceback" not in node.log()
+    finally:
+        node.stop()

@@ -1,7 +1,10 @@
 """Stereo pairing (kd_depth_ros.sync) and stereo_depth_node as a separate process with jittered stamps.
 
-The stereo model has all-zero weights: depth = 1.5 m everywhere (metadata range 1..3 m), so the
-disparity is d = f*T/Z with f the (scaled) fx and T = -P[3]/P[0] of the right camera_info.
+The stereo model is ros_helpers.PixelModel as an ONNX export at 32x24: per pixel depth = 1 + 2*R_left - R_right
+- 0.5*B_left (in [0, 1]), times the metric scale (fx * T) / (fx_train * T_train) = (20 * 0.12) / (10 * 0.06) = 4
+(fx at the network width 40 * 32/64 = 20 px; T = -P[3]/P[0] of the right camera_info). Left and right are tile
+images with different red ramps, so exchanging them, the channel order, the baseline or the focal scaling all
+change the published depth; the disparity is d = f*T/Z with f the output fx.
 """
 from __future__ import annotations
 
@@ -22,12 +25,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ros_helpers import (  # noqa: E402
     CONFIG,
     DDS_ENV,
+    PIXEL_MODEL,
     NodeProcess,
     RosHarness,
+    block_image,
     camera_info,
-    constant_depth,
     header,
-    write_constant_model,
+    write_pixel_model,
 )
 
 MS = 1_000_000  # nanoseconds
@@ -96,17 +100,23 @@ def test_bad_arguments():
 
 # --------------------------------------------------------------------------- the node
 W, H = 64, 48
+OUT_W, OUT_H = 32, 24  # the network's size too: its depth is published unresized
 FX, FY, CX, CY = 40.0, 40.0, 32.0, 24.0
 BASELINE = 0.12
-DEPTH_M = constant_depth(1.0, 3.0)
+TRAIN_FX, TRAIN_BASELINE = 10.0, 0.06  # the model's metadata
+METRIC_SCALE = (FX * OUT_W / W * BASELINE) / (TRAIN_FX * TRAIN_BASELINE)  # 4
+LEFT = block_image(H, W)  # R = 8 * tile column, B = 10 * tile row
+RIGHT = block_image(H, W, red_step=4)  # R = 4 * tile column
+EXPECTED_DEPTH = METRIC_SCALE * PIXEL_MODEL.depth(LEFT[::2, ::2], RIGHT[::2, ::2])
 STARTUP_S = 180.0
 MESSAGE_S = 30.0
 
 
 def test_stereo_node_pairs_jittered_stamps_and_publishes_depth_and_disparity(tmp_path):
-    model = write_constant_model(tmp_path / "zero_stereo.safetensors", stereo=True)
+    model = write_pixel_model(tmp_path / "pixel_stereo.onnx", stereo=True, focal_length_px=TRAIN_FX,
+                              baseline_m=TRAIN_BASELINE)
     params = {"model_path": str(model), "device": "cpu", "sync_slop_s": 0.005, "points_stride": 4,
-              "diagnostics_period_s": 0.5}
+              "output_width": OUT_W, "output_height": OUT_H, "diagnostics_period_s": 0.5}
     remaps = {f"{side}/{kind}": f"/test_stereo/{side}/{kind}" for side in ("left", "right")
               for kind in ("image_rect", "camera_info")}
     harness = RosHarness("stereo_test_harness")
@@ -122,11 +132,9 @@ def test_stereo_node_pairs_jittered_stamps_and_publishes_depth_and_disparity(tmp
         ready = harness.wait(lambda: all(p.get_subscription_count() for p in pubs.values())
                              and harness.node.count_publishers("/kds/disparity") > 0, STARTUP_S)
         assert ready, f"node did not come up:\n{node.log()}"
-        image = np.zeros((H, W, 3), np.uint8)
-
         def publish_frame(stamp: int, right_offset: int) -> None:
-            msgs = {"left/image_rect": conversions.numpy_to_image(image, "rgb8", header(stamp, "left_optical")),
-                    "right/image_rect": conversions.numpy_to_image(image, "rgb8",
+            msgs = {"left/image_rect": conversions.numpy_to_image(LEFT, "rgb8", header(stamp, "left_optical")),
+                    "right/image_rect": conversions.numpy_to_image(RIGHT, "rgb8",
                                                                    header(stamp + right_offset, "right_optical")),
                     "left/camera_info": camera_info(stamp, "left_optical", W, H, FX, FY, CX, CY),
                     "right/camera_info": camera_info(stamp + right_offset, "right_optical", W, H, FX, FY, CX, CY,
@@ -164,15 +172,22 @@ def test_stereo_node_pairs_jittered_stamps_and_publishes_depth_and_disparity(tmp
         harness.spin(0.5)
         assert not set(unpaired) & stamps(depth)  # outside the slop: never paired
         msg = next(m for m in disparity if conversions.header_stamp_ns(m.header) == paired[0])
-        assert msg.f == pytest.approx(FX) and msg.t == pytest.approx(BASELINE)  # T = -P[3]/P[0]
+        focal = FX * OUT_W / W  # the output camera_info's fx: 20 px
+        assert msg.f == pytest.approx(focal) and msg.t == pytest.approx(BASELINE)  # T = -P[3]/P[0]
         assert msg.header.frame_id == "left_optical" and msg.image.encoding == "32FC1"
-        np.testing.assert_allclose(conversions.image_to_numpy(msg.image), FX * BASELINE / DEPTH_M, rtol=1e-5)
-        assert msg.min_disparity == pytest.approx(FX * BASELINE / 80.0)  # max_depth 80 m (config)
-        assert (msg.valid_window.width, msg.valid_window.height) == (W, H)
+        np.testing.assert_allclose(conversions.image_to_numpy(msg.image), focal * BASELINE / EXPECTED_DEPTH, rtol=1e-5)
+        assert msg.min_disparity == pytest.approx(focal * BASELINE / 80.0)  # max_depth 80 m (config)
+        assert (msg.valid_window.width, msg.valid_window.height) == (OUT_W, OUT_H)
         depth_msg = next(m for m in depth if conversions.header_stamp_ns(m.header) == paired[0])
-        np.testing.assert_allclose(conversions.image_to_numpy(depth_msg), DEPTH_M, rtol=1e-5)
+        published = conversions.image_to_numpy(depth_msg)
+        # by hand, top right tile: left R = 248, right R = 124, left B = 0: 4 * (1 + 496/255 - 124/255) = 9.8353 m
+        # (left and right exchanged: 4 * (1 + 248/255 - 496/255) = 0.1098 m); bottom left: left B = 230:
+        # 4 * (1 - 0.5 * 230/255) = 2.1961 m
+        assert published[0, 31] == pytest.approx(9.835294, rel=1e-5)
+        assert published[23, 0] == pytest.approx(2.196078, rel=1e-5)
+        np.testing.assert_allclose(published, EXPECTED_DEPTH, rtol=1e-5)
         cloud = next(m for m in points if conversions.header_stamp_ns(m.header) == paired[0])
-        assert (cloud.height, cloud.width) == (H // 4, W // 4)
+        assert (cloud.height, cloud.width) == (OUT_H // 4, OUT_W // 4)
 
         def dropped_pairs() -> int:
             mine = [m for m in diagnostics if m.status and "stereo_depth_node" in m.status[0].name]
@@ -183,3 +198,38 @@ def test_stereo_node_pairs_jittered_stamps_and_publishes_depth_and_disparity(tmp
     finally:
         harness.close()
         node.stop()
+
+
+@pytest.mark.parametrize("transport, suffix", [("compressed", "/compressed"), ("raw", "")])
+def test_stereo_images_follow_the_remapped_base_topic(transport, suffix):
+    """image_transport convention: ``-r left/image_rect:=/cam/left/image_raw`` with compressed input subscribes
+    ``/cam/left/image_raw/compressed``; camera_infos are never suffixed."""
+    import rclpy
+    from rclpy.context import Context
+
+    from kd_depth_ros.qos import make_qos
+    from kd_depth_ros.stereo_depth_node import StereoDepthNode
+
+    context = Context()
+    rclpy.init(context=context)
+    node = None
+    try:
+        node = StereoDepthNode(context=context, cli_args=[
+            "--ros-args", "-r", "left/image_rect:=/cam/left/image_raw", "-r", "right/image_rect:=/cam/right/image_raw",
+            "-r", "__ns:=/stereo_remap_test", "-p", f"image_transport:={transport}"])
+        node.create_inputs(make_qos("best_effort", 5))
+        assert [sub.topic_name for sub in node.subs] == [
+            f"/cam/left/image_raw{suffix}", f"/cam/right/image_raw{suffix}", "/stereo_remap_test/left/camera_info",
+            "/stereo_remap_test/right/camera_info"]
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def test_the_stereo_node_needs_a_model_path():
+    from kd_depth_ros.node_params import resolve_model_path
+    from kd_depth_ros.stereo_depth_node import StereoDepthNode
+
+    with pytest.raises(FileNotFoundError, match="^parameter 'model_path' is empty: stereo_depth_node has no bundled"):
+        resolve_model_path("", StereoDepthNode.DEFAULT_MODEL, StereoDepthNode.NODE_NAME)
