@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path,
                         help="released model file (kd-depth export), or 'sgbm' for the classical stereo baseline "
                              "(OpenCV SGBM, no learning; needs right images)")
+    parser.add_argument("--model-card", default=None,
+                        help="model card (YAML) of a foreign ONNX model (default: <stem>.card.yaml or <stem>.yaml "
+                             "beside it); relative foreign models are scored with per-image median scaling")
     parser.add_argument("--label", default=None, help="name of the model in tables (default: file stem)")
     add_data_arguments(parser)
     parser.add_argument("--panels", type=int, default=4, help="number of PNG panels written with --out")
@@ -84,7 +87,35 @@ def load_predictor(model_path: Path, args: argparse.Namespace):
         raise FileNotFoundError(f"--model: {model_path} does not exist")
     from kd_depth_core.inference.predictor import DepthPredictor
 
+    card = getattr(args, "model_card", None)
+    if Path(model_path).suffix == ".onnx" and (card is not None or _is_foreign(model_path)):
+        return load_foreign_predictor(model_path, card, args)
     return DepthPredictor(str(model_path), device=args.device, scale_mode=args.scale_mode, output="model")
+
+
+def _is_foreign(model_path: Path) -> bool:
+    from kd_depth_core.inference.foreign import is_foreign_onnx
+
+    return is_foreign_onnx(model_path)
+
+
+def load_foreign_predictor(model_path: Path, card: str | None, args: argparse.Namespace):
+    """A foreign ONNX model (inference/foreign.py) at its own resolution. A relative one (depth up to scale) is
+    run with a unit factor and scored with per-image median scaling, which the protocol then must keep on."""
+    from kd_depth_core.inference.foreign import load_card
+    from kd_depth_core.inference.predictor import DepthPredictor
+
+    relative = load_card(card, model_path).relative
+    scale_mode, factor = args.scale_mode, None
+    if relative:
+        if args.median_scaling is False:
+            raise ValueError(f"--no-median-scaling: {model_path} is a relative foreign model (depth up to scale); "
+                             "it can only be scored with median scaling")
+        scale_mode, factor = "fixed", 1.0
+        print(f"note: {Path(model_path).name} is a relative foreign model: scored with per-image median scaling "
+              "(not metric)")
+    return DepthPredictor(str(model_path), device=args.device, scale_mode=scale_mode, scale_factor=factor,
+                          output="model", model_card=card)
 
 
 SGBM_LABEL = "OpenCV SGBM (no learning)"

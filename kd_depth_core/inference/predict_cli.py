@@ -45,7 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n", 1)[1]
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, video files")
-    parser.add_argument("--model", required=True, help="released model (.safetensors) or export (.onnx, .torchscript)")
+    parser.add_argument("--model", required=True, help="released model (.safetensors) or export (.onnx, .torchscript), "
+                                                       "or a foreign ONNX depth model with its card")
+    parser.add_argument("--model-card", default=None,
+                        help="model card (YAML) of a foreign ONNX model (default: <stem>.card.yaml or <stem>.yaml "
+                             "beside it; see config/models/); relative models need --scale ground_plane or fixed")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="run the network at this size (rounded to its size multiple; released models and "
+                             "dynamic-size foreign ONNX models)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--formats", default="png16,color",
                         help=f"comma-separated outputs among {', '.join(FORMATS)} (default: png16,color)")
@@ -245,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
         sources = collect_sources(args.inputs)
         predictor = DepthPredictor(args.model, device=args.device, precision=args.precision, backend=args.backend,
                                    output=args.resolution, scale_mode=args.scale, scale_factor=args.scale_factor,
-                                   camera_height=args.camera_height, bgr=True)
+                                   camera_height=args.camera_height, bgr=True, model_card=args.model_card,
+                                   input_size=tuple(args.input_size) if args.input_size else None)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"kd-depth predict: {error}", file=sys.stderr)
         return 2

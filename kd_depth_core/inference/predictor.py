@@ -6,6 +6,8 @@
     pred.depth        # (H, W) float32 metres (size of the input image, or the network's with output='model')
     pred.uncertainty  # (H, W) float32 std of depth in metres, or None
     pred.scale_info   # how depth was scaled (inference/scale.py)
+    DepthPredictor("depth_anything_v2_vits.onnx", model_card="config/models/depth_anything_v2_small.yaml",
+                   scale_mode="ground_plane", camera_height=0.4)   # a foreign ONNX model (inference/foreign.py)
 
 The preprocessing (resize to the network input, scale to [0, 1]) comes from the model's
 metadata and is built once; normalisation and disparity -> depth run inside the backend's
@@ -31,6 +33,13 @@ from torch import nn
 from kd_depth_core.geometry import scale_intrinsics
 from kd_depth_core.inference.backends import BACKENDS, Backend, create_backend, open_export
 from kd_depth_core.inference.export import TORCHSCRIPT_SUFFIX, metadata_at_size
+from kd_depth_core.inference.foreign import (
+    ForeignOnnxBackend,
+    foreign_metadata,
+    is_foreign_onnx,
+    load_card,
+    raw_to_depth,
+)
 from kd_depth_core.inference.preprocess import Preprocessor, resize_map, round_to_multiple
 from kd_depth_core.inference.scale import ScaleInfo, ScaleStrategy, make_scale
 from kd_depth_core.models.io import ModelMetadata, load_model
@@ -96,6 +105,15 @@ class DepthPredictor:
             to the size multiple; torch backends only — exports have a fixed size).
         bgr: default channel order of 3/4-channel images (True for OpenCV images).
         ground_options: extra keyword arguments of :class:`~kd_depth_core.inference.scale.GroundPlaneScale`.
+        model_card: a foreign ONNX depth model's card (``inference/foreign.py``), a path; None or "" = the card
+            beside the file when the ``.onnx`` carries no kd-depth metadata. A foreign model runs through
+            ONNX Runtime (fp32), gets a synthetic ``metadata`` (``has_uncertainty`` False, ``scale_kind``
+            relative unless the card's kind is metric_depth) and may run at ``input_size`` when the file
+            has dynamic sizes. Relative outputs need ``scale_mode`` 'ground_plane' or 'fixed'; relative
+            disparity is inverted to depth up to scale (its unknown shift taken as 0) before that scale is
+            applied. Metric outputs use 'focal' with the card's ``output.focal_length_px`` ('auto' = focal
+            when the card gives it and K is known).
+        cpu_threads: ONNX Runtime intra-op threads for foreign models (0 = its default).
     """
 
     def __init__(self, model: str | os.PathLike | tuple[nn.Module, ModelMetadata], device: str = "auto",
@@ -103,14 +121,32 @@ class DepthPredictor:
                  scale_mode: str | ScaleStrategy = "auto", K: np.ndarray | None = None,
                  scale_factor: float | None = None, camera_height: float | None = None,
                  input_size: tuple[int, int] | None = None, bgr: bool = False,
-                 ground_options: dict | None = None, baseline: float | None = None) -> None:
+                 ground_options: dict | None = None, baseline: float | None = None,
+                 model_card: str | os.PathLike | None = None, cpu_threads: int = 0) -> None:
         if output not in OUTPUT_RESOLUTIONS:
             raise ValueError(f"output: expected one of {', '.join(OUTPUT_RESOLUTIONS)}, got {output!r}")
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"backend: expected 'auto' or one of {', '.join(BACKENDS)}, got {backend!r}")
         self.source = "(model, metadata)"
         self.num_parameters: int | None = None
-        if isinstance(model, tuple):
+        self.card = None
+        model_card = model_card or None  # "" (an unset ROS parameter) = none given
+        if model_card is not None and (isinstance(model, tuple) or Path(model).suffix != ".onnx"):
+            raise ValueError(f"model_card: only foreign '.onnx' depth models take a card, got model {model!r}")
+        if not isinstance(model, tuple) and Path(model).suffix == ".onnx" and (
+                model_card is not None or is_foreign_onnx(model)):
+            path = Path(model)
+            self.source = str(path)
+            if backend not in ("auto", "onnxruntime"):
+                raise ValueError(f"{path}: a foreign ONNX model runs with backend 'onnxruntime', not {backend!r}")
+            if precision != "fp32":
+                raise ValueError(f"{path}: foreign ONNX models run in fp32, not {precision}")
+            self.card = load_card(model_card, path)
+            self._backend = ForeignOnnxBackend(path, self.card, device=device, cpu_threads=cpu_threads,
+                                               input_size=input_size)
+            self.metadata = foreign_metadata(path, self.card, self._backend.input_size)
+            scale_mode = self._foreign_scale_mode(scale_mode)
+        elif isinstance(model, tuple):
             network, metadata = model
             if not isinstance(network, nn.Module) or not isinstance(metadata, ModelMetadata):
                 raise TypeError("model: expected a path or a (nn.Module, ModelMetadata) tuple")
@@ -145,6 +181,20 @@ class DepthPredictor:
         else:
             self.scale = scale_mode
         self._lock = threading.Lock()
+
+    def _foreign_scale_mode(self, scale_mode: str | ScaleStrategy) -> str | ScaleStrategy:
+        """Check ``scale_mode`` for a foreign model (see the class docstring); 'auto' resolves for metric ones."""
+        card, mode = self.card, scale_mode if isinstance(scale_mode, str) else getattr(scale_mode, "mode", "?")
+        if card.relative:
+            if mode not in ("ground_plane", "fixed"):
+                raise ValueError(f"scale_mode: {self.source} is a foreign {card.kind} model (depth up to scale); use "
+                                 f"scale_mode 'ground_plane' (with camera_height) or 'fixed' (with scale_factor), "
+                                 f"got {mode!r}")
+            return scale_mode
+        if mode == "focal" and card.focal_length_px is None:
+            raise ValueError(f"scale_mode: 'focal' needs the focal length the model assumes: set "
+                             f"output.focal_length_px in {card.source} (or use scale_mode 'none')")
+        return scale_mode
 
     def _build(self, network: nn.Module, metadata: ModelMetadata, backend: str, device: str, precision: str,
                input_size: tuple[int, int] | None) -> tuple[Backend, ModelMetadata]:
@@ -213,7 +263,10 @@ class DepthPredictor:
 
     def _run(self, *inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         with self._lock:
-            return self._backend.run(*inputs)
+            outputs = self._backend.run(*inputs)
+        if self.card is not None:  # a foreign model's raw output -> depth (metres or up to scale)
+            return raw_to_depth(outputs[0], self.card), None
+        return outputs
 
     def _per_image_K(self, K, count: int) -> list[np.ndarray | None]:
         if K is None:

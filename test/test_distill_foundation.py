@@ -1,0 +1,192 @@
+"""Task 'distill_foundation' (a foreign ONNX teacher) and the stand-in teacher's path ('supervised_depth' +
+export_foreign), end to end on a tiny synthetic world."""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from foreign_fixtures import student_disparity_onnx, write_card  # noqa: E402
+
+from kd_depth_core.config import ConfigError, TrainConfig, config_from_dict  # noqa: E402
+from kd_depth_core.data.synthetic.generate import SynthSpec, generate_dataset  # noqa: E402
+from kd_depth_core.distill import foundation  # noqa: E402  (registers 'distill_foundation')
+from kd_depth_core.models.io import load_model, read_metadata  # noqa: E402
+from kd_depth_core.train import supervised  # noqa: E402, F401  (registers 'supervised_depth')
+from kd_depth_core.train.tasks import create_task  # noqa: E402
+from kd_depth_core.train.train_cli import build_datasets  # noqa: E402
+from kd_depth_core.train.trainer import Trainer  # noqa: E402
+
+SIZE = (64, 96)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """4 stereo sequences x 6 frames (train: 2 sequences = 12 frames) and a foreign ONNX teacher with its card."""
+    base = tmp_path_factory.mktemp("foundation")
+    generate_dataset(base / "street", SynthSpec(sequences=4, frames=6, width=SIZE[1], height=SIZE[0], seed=3),
+                     workers=1, progress=False)
+    onnx, _ = student_disparity_onnx(base / "teacher.onnx", seed=1)
+    write_card(base / "teacher.card.yaml")
+    return {"base": base, "root": base / "street", "teacher": onnx}
+
+
+def make_cfg(world, name: str, task: dict | None = None, stereo: bool = True, **train) -> TrainConfig:
+    data = {
+        "data": {"root": str(world["root"]), "size": list(SIZE), "offsets": [-1, 1], "batch_size": 2,
+                 "num_workers": 0, "augment": False, "val_split": "", "stereo": stereo},
+        "model": {"name": "student_lcnet", "kwargs": {"backbone": "lcnet_050"}},
+        "task": {"name": "distill_foundation", "kwargs": {
+            "teacher_path": str(world["teacher"]), "teacher_batch": 4, "teacher_device": "cpu",
+            "cache_dir": str(world["base"] / f"cache_{name}"), "min_depth": 2.0,
+            "pose_kwargs": {"backbone": "lcnet_050"}, **(task or {})}},
+        "optim": {"name": "adamw", "lr": 1e-3, "scheduler": "none"},
+        "train": {"max_steps": 8, "log_every": 2, "val_every": 0, "image_every": 0, "ckpt_every": 0,
+                  "out_dir": str(world["base"] / name), "progress": False, "seed": 0, **train},
+    }
+    return config_from_dict(TrainConfig, data, f"{name}.yaml")
+
+
+def fit(cfg: TrainConfig, task=None):
+    task = task if task is not None else create_task(cfg.task.name, cfg)
+    train, val = build_datasets(cfg, task)
+    return task, Trainer(cfg, task, train, val).fit()
+
+
+def test_stereo_distillation_fills_the_cache_once_and_releases_a_metric_student(world):
+    cfg = make_cfg(world, "stereo", task={"ssi_weight": 5.0, "photometric_weight": 0.1})
+    task, result = fit(cfg)
+    assert task.mode == "mono_stereo" and task.scale_kind == "metric"
+    history = result.history
+    assert len(history) == 4 and all(np.isfinite(row["loss"]) for row in history)
+    assert history[-1]["ssi"] < history[0]["ssi"], [row["ssi"] for row in history]
+    assert {"photometric", "smoothness", "ssi_data", "ssi_gradient"} <= set(history[0])
+    # the teacher ran once over the 12 training frames, in batches of 4, before the first step ...
+    assert task.prefilled == 12 and len(task.cache) == 12
+    assert history[0]["teacher_calls"] == 3 and history[0]["cache_hit_rate"] == 1.0
+    # ... and the second epoch (steps 5-8; 8 samples in batches of 2) ran no ONNX session
+    assert history[-1]["teacher_calls"] == 3 == task.teacher.calls
+    meta = read_metadata(result.model_path)
+    assert meta.scale_kind == "metric" and meta.has_uncertainty is False
+    assert meta.training_config["task"]["name"] == "distill_foundation"
+    student, _ = load_model(result.model_path)
+    assert set(student.state_dict()) == set(task.student.state_dict())  # the student alone
+
+    # a second run on the same cache: every label is a hit, the ONNX session never runs
+    cfg2 = make_cfg(world, "stereo", task={"ssi_weight": 5.0, "photometric_weight": 0.1}, max_steps=2)
+    again = create_task(cfg2.task.name, cfg2)
+    _, second = fit(cfg2, again)
+    assert again.prefilled == 0 and again.teacher.calls == 0 and second.history[-1]["cache_hit_rate"] == 1.0
+
+
+def test_cached_labels_are_the_teacher_disparity_resized_and_median_normalised(world):
+    cfg = make_cfg(world, "labels", stereo=False, task={"photometric_weight": 0.0, "prefill": False})
+    task = create_task(cfg.task.name, cfg)
+    assert task.scale_kind == "relative" and task.dataset_options() == {"offsets": ()}
+    from kd_depth_core.data.sequence import Sequence
+    from kd_depth_core.inference.preprocess import Preprocessor
+
+    seq = Sequence(world["root"] / "street_000")
+    image = seq.load_left(2)
+    label = task.teacher_labels([image])[0, 0]
+    assert task.teacher.input_size == (70, 98)  # data.size 64 x 96 rounded to the card's multiple of 14
+    raw, _ = task.teacher.run(Preprocessor(70, 98)(image)[None])
+    expected = foundation.resize_disparity(raw[0, 0], *SIZE)
+    np.testing.assert_allclose(label, expected / np.median(expected), rtol=1e-5)
+    assert np.median(label) == pytest.approx(1.0)
+
+
+def test_relative_distillation_without_stereo_releases_a_relative_student(world):
+    cfg = make_cfg(world, "mono", stereo=False, task={"photometric_weight": 0.1}, max_steps=2)
+    task, result = fit(cfg)
+    assert task.mode == "mono" and task.scale_kind == "relative"
+    assert read_metadata(result.model_path).scale_kind == "relative"
+
+
+def test_metric_teacher_card_uses_the_metric_kd_loss(world, tmp_path):
+    onnx = shutil.copy(world["teacher"], tmp_path / "metric.onnx")
+    card = write_card(tmp_path / "metric.card.yaml", kind="metric_depth", **{"output.valid_range": [0.5, 80.0]})
+    cfg = make_cfg(world, "metric", stereo=False, max_steps=2,
+                   task={"teacher_path": str(onnx), "photometric_weight": 0.0, "min_depth": None})
+    task, result = fit(cfg)
+    assert task.card.source == str(card) and task.scale_kind == "metric"
+    assert (task.min_depth, task.max_depth) == (0.5, 80.0)  # the card's valid range
+    assert "distill" in result.history[-1] and "ssi" not in result.history[-1]
+    assert read_metadata(result.model_path).scale_kind == "metric"
+
+
+@pytest.mark.parametrize("task, model, field", [
+    ({"teacher_path": "teacher.safetensors"}, {}, "teacher_path"),
+    ({"teacher_card": "missing.yaml"}, {}, "teacher_card"),
+    ({"trim": 1.0}, {}, "trim"),
+    ({}, {"uncertainty": True}, "model.kwargs.uncertainty"),
+])
+def test_configuration_errors_name_the_field(world, task, model, field):
+    cfg = make_cfg(world, "bad", stereo=False, task={"photometric_weight": 0.0, **task})
+    if model:
+        cfg.model.kwargs.update(model)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        create_task(cfg.task.name, cfg)
+
+
+def test_a_card_contradicting_the_file_is_refused_at_configure(world, tmp_path):
+    card = write_card(tmp_path / "wrong.yaml", **{"input.name": "image"})
+    cfg = make_cfg(world, "wrongcard", stereo=False, task={"teacher_card": str(card), "photometric_weight": 0.0})
+    with pytest.raises(ConfigError, match="input.name"):
+        create_task(cfg.task.name, cfg)
+
+
+def test_resize_disparity_leaves_invalid_pixels_out():
+    disparity = np.array([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]], np.float32)
+    assert foundation.resize_disparity(disparity, 1, 2).tolist() == [[1.0, 0.0]]
+    disparity[:, 2:] = 3.0
+    disparity[0, 3] = 0.0  # one invalid pixel among four: the area mean of the three valid ones
+    assert foundation.resize_disparity(disparity, 1, 2).tolist() == [[1.0, 3.0]]
+
+
+def test_stand_in_teacher_trains_on_ground_truth_and_exports_as_a_foreign_teacher(world):
+    from kd_depth_core.inference.export_foreign import export_foreign
+    from kd_depth_core.inference.predictor import DepthPredictor
+
+    cfg = config_from_dict(TrainConfig, {
+        "data": {"root": str(world["root"]), "size": list(SIZE), "offsets": [], "batch_size": 2, "num_workers": 0,
+                 "augment": False, "val_split": ""},
+        "model": {"name": "student_lcnet", "kwargs": {"backbone": "lcnet_050"}},
+        "task": {"name": "supervised_depth", "kwargs": {"min_depth": 0.5, "max_depth": 100.0}},
+        "optim": {"name": "adamw", "lr": 2e-3, "scheduler": "none"},
+        "train": {"max_steps": 24, "log_every": 6, "val_every": 0, "image_every": 0, "ckpt_every": 0,
+                  "out_dir": str(world["base"] / "supervised"), "progress": False, "seed": 0}}, "teacher.yaml")
+    task, result = fit(cfg)
+    assert task.dataset_options() == {"offsets": (), "load_depth": True}
+    history = result.history
+    assert history[-1]["silog"] < 0.8 * history[0]["silog"], [row["silog"] for row in history]
+    assert history[0]["gradient"] > 0
+    meta = read_metadata(result.model_path)
+    assert meta.scale_kind == "metric"
+
+    model, meta = load_model(result.model_path)
+    onnx, card = export_foreign(model, meta, world["base"] / "standin.onnx")
+    predictor = DepthPredictor(str(onnx), scale_mode="fixed", scale_factor=1.0, output="model", device="cpu")
+    reference = DepthPredictor((model, meta), scale_mode="none", output="model", device="cpu")
+    from kd_depth_core.data.sequence import Sequence
+
+    image = Sequence(world["root"] / "street_000").load_left(1)
+    np.testing.assert_allclose(predictor.predict(image).depth, reference.predict(image).depth, rtol=2e-3)
+    assert predictor.card.source == str(card) and predictor.card.kind == "relative_disparity"
+    distill = make_cfg(world, "standin", stereo=False, max_steps=1,
+                       task={"teacher_path": str(onnx), "photometric_weight": 0.0})
+    task, _ = fit(distill)
+    assert task.prefilled == 12
