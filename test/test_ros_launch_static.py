@@ -18,7 +18,6 @@ import importlib.util
 import os
 import sys
 import types
-from glob import glob
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +50,22 @@ def console_scripts() -> dict[str, str]:
 
 
 def data_files() -> list[tuple[str, list[str]]]:
-    """setup.py's ``data_files`` (its expression evaluated with only ``glob`` in the repository and PACKAGE)."""
-    tree = ast.parse((REPO / "setup.py").read_text())
-    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
-    expression = next(k.value for k in call.keywords if k.arg == "data_files")
-    namespace = {"__builtins__": {}, "PACKAGE": PACKAGE,
-                 "glob": lambda pattern: sorted(os.path.relpath(p, REPO) for p in glob(str(REPO / pattern)))}
-    return eval(compile(ast.Expression(expression), "setup.py", "eval"), namespace)  # noqa: S307 - our setup.py
+    """setup.py's ``data_files`` (paths relative to the repository), captured by running our own setup.py
+    with ``setuptools.setup`` replaced by a recorder: nothing is installed and nothing is evaluated."""
+    import runpy
+
+    import setuptools
+
+    captured: dict[str, Any] = {}
+    original, cwd = setuptools.setup, os.getcwd()
+    setuptools.setup = lambda **kwargs: captured.update(kwargs)
+    try:
+        os.chdir(REPO)
+        runpy.run_path(str(REPO / "setup.py"), run_name="kd_depth_setup")
+    finally:
+        setuptools.setup = original
+        os.chdir(cwd)
+    return [(folder, sorted(files)) for folder, files in captured["data_files"]]
 
 
 @pytest.fixture(scope="module")
