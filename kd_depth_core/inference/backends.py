@@ -87,6 +87,29 @@ class TorchBackend(Backend):
         return depth, uncertainty
 
 
+def onnx_session(source: bytes | str, device: str = "auto", cpu_threads: int = 0):
+    """An ONNX Runtime session on ``device`` ('auto': CUDA when this onnxruntime has it, 'cpu', 'cuda[:N]'),
+    ``cpu_threads`` intra-op threads (0 = its default). The one place execution providers are chosen."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if str(device) == "auto":
+        use_cuda = "CUDAExecutionProvider" in available
+    elif str(device).startswith("cuda"):
+        if "CUDAExecutionProvider" not in available:
+            raise RuntimeError("device 'cuda' requested but this onnxruntime has no CUDAExecutionProvider "
+                               f"(available: {', '.join(available)}); install onnxruntime-gpu or use 'cpu'")
+        use_cuda = True
+    elif str(device) == "cpu":
+        use_cuda = False
+    else:
+        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(cpu_threads)
+    providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
+    return ort.InferenceSession(source, sess_options=options, providers=providers)
+
+
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime session (CUDA execution provider when requested and present, else CPU)."""
 
@@ -95,25 +118,7 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, model: bytes | str | os.PathLike, device: str = "auto", cpu_threads: int = 0) -> None:
         """``cpu_threads``: ONNX Runtime intra-op threads (0 = its default, one per physical core)."""
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-        if device == "auto":
-            use_cuda = "CUDAExecutionProvider" in available
-        elif str(device).startswith("cuda"):
-            if "CUDAExecutionProvider" not in available:
-                raise RuntimeError("device 'cuda' requested but this onnxruntime has no CUDAExecutionProvider "
-                                   f"(available: {', '.join(available)}); install onnxruntime-gpu or use 'cpu'")
-            use_cuda = True
-        elif str(device) == "cpu":
-            use_cuda = False
-        else:
-            raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}")
-        providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
-        source = model if isinstance(model, bytes) else str(model)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(cpu_threads)
-        self.session = ort.InferenceSession(source, sess_options=options, providers=providers)
+        self.session = onnx_session(model if isinstance(model, bytes) else str(model), device, cpu_threads)
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.input_names = [item.name for item in self.session.get_inputs()]
         self.output_names = [item.name for item in self.session.get_outputs()]

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from kd_depth_core.inference.backends import Backend
+from kd_depth_core.inference.backends import Backend, onnx_session
 
 OUTPUT_KINDS = ("relative_disparity", "relative_depth", "metric_depth")
 LAYOUTS = ("NCHW", "NHWC")
@@ -312,29 +312,14 @@ class ForeignOnnxBackend(Backend):
 
     def __init__(self, path: str | os.PathLike, card: ModelCard, device: str = "auto", cpu_threads: int = 0,
                  input_size: tuple[int, int] | None = None, max_batch: int = 0) -> None:
-        import onnxruntime as ort
-
         self.path, self.card, self.calls = Path(path), card, 0
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {self.path}")
-        available = ort.get_available_providers()
-        if str(device) == "auto":
-            use_cuda = "CUDAExecutionProvider" in available
-        elif str(device).startswith("cuda"):
-            if "CUDAExecutionProvider" not in available:
-                raise RuntimeError("device 'cuda' requested but this onnxruntime has no CUDAExecutionProvider "
-                                   f"(available: {', '.join(available)}); install onnxruntime-gpu or use 'cpu'")
-            use_cuda = True
-        elif str(device) == "cpu":
-            use_cuda = False
-        else:
-            raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(cpu_threads)
-        providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+            self.session = onnx_session(str(self.path), device, cpu_threads)
         except Exception as error:  # onnxruntime raises its own exception types
+            if str(error).startswith("device"):  # no CUDA provider / bad device: already one clear line
+                raise
             raise ModelCardError(f"{self.path}: ONNX Runtime cannot load this file ({error})") from error
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self._bind_io()
