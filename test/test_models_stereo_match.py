@@ -7,11 +7,20 @@ import torch
 from torch import nn
 
 from kd_depth_core import geometry
+from kd_depth_core.classical.sgbm import SGBMSettings
 from kd_depth_core.config import TrainConfig, config_from_dict
 from kd_depth_core.data.dataset import SequenceDataset
 from kd_depth_core.data.synthetic.generate import SynthSpec, generate_dataset
 from kd_depth_core.models import create_model
-from kd_depth_core.models.stereo import block_matching_volume, resample_candidates, soft_argmin
+from kd_depth_core.models.stereo import (
+    Refinement,
+    block_matching_volume,
+    local_matching_cost,
+    pool_hints,
+    resample_candidates,
+    sgbm_hints,
+    soft_argmin,
+)
 from kd_depth_core.train.tasks import create_task
 
 TINY = {"backbone": "lcnet_050", "max_disparity": 32, "match_channels": 8, "aggregation_channels": 16,
@@ -53,7 +62,8 @@ class HandMadeVolume(nn.Module):
 
 def test_the_network_outputs_the_disparity_of_its_only_cost_minimum_and_the_rig_makes_it_metric():
     torch.manual_seed(0)
-    model = create_model("stereo_teacher", **TINY, block_matching=0).eval()  # the learned volume only
+    # the learned volume only, no local matching on the (random) images
+    model = create_model("stereo_teacher", **TINY, block_matching=0, local_matching=0).eval()
     candidates = len(model.candidates)  # 32 / 4 + 1
     model.aggregation = HandMadeVolume(3, candidates)  # candidate 3 = 12 px
     model.set_rig(fx=60.0, baseline=0.2, width=64, min_depth=0.5, max_depth=50.0)  # fx·B = 12 px·m
@@ -166,3 +176,138 @@ def test_a_short_run_with_the_proxy_lowers_the_disparity_error_against_ground_tr
     after = disparity_error()
     assert after < 0.6 * before, (before, after)
     assert np.isfinite(after)
+
+
+def smooth_pair(shift: float, height: int = 32, width: int = 96, seed: int = 0):
+    """A smooth random texture and the same texture `shift` px (fractional) further left, by resampling:
+    left[u] = right[u - shift]."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, height // 4, (width + 16) // 4, generator=generator)
+    texture = nn.functional.interpolate(coarse, size=(height, width + 16), mode="bicubic", align_corners=True)
+    columns = torch.arange(width, dtype=torch.float32)
+    left = texture[..., 8:8 + width]
+    # right[x] = texture[8 + x + shift] (linear), so left[u] = right[u - shift]
+    x = 8 + columns + shift
+    lo = x.floor().long()
+    frac = (x - lo.float()).view(1, 1, 1, -1)
+    right = texture[..., lo] * (1 - frac) + texture[..., lo + 1] * frac
+    return left, right
+
+
+def test_local_matching_cost_is_lowest_at_the_true_shift_around_a_guess():
+    left, right = smooth_pair(3.5)
+    offsets = torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0])
+    guess = torch.full((1, 1, 32, 96), 3.0)  # half a pixel short
+    cost = local_matching_cost(left, right, guess, offsets, block=5)
+    assert cost.shape == (1, 5, 32, 96)
+    inside = cost[..., 8:-8]  # away from the borders the right image cannot fill
+    assert (inside.argmin(1) == 3).float().mean() > 0.95  # offset +0.5 -> 3.5 px
+    means = inside.mean((0, 2, 3))
+    assert float(means[3]) < 0.3 * float(means[2])  # +0.5 px is far better than the guess itself
+    assert float(means[2]) == pytest.approx(float(means[4]), rel=0.05)  # and the cost is symmetric about it
+    # an integer shift is matched exactly (no interpolation on either side)
+    left, right = smooth_pair(3.0)
+    assert float(local_matching_cost(left, right, guess, offsets, block=5)[:, 2, :, 8:-8].max()) < 1e-5
+
+
+def test_a_refinement_step_with_local_matching_moves_a_wrong_guess_to_the_true_shift():
+    left, right = smooth_pair(5.25)
+    step = Refinement(guide_channels=0, width=8, stride=1, local_offsets=[k / 2 for k in range(-4, 5)]).eval()
+    plain = Refinement(guide_channels=0, width=8, stride=1).eval()
+    guess = torch.full((1, 1, 32, 96), 4.5)
+    with torch.no_grad():
+        refined, _ = step(guess, left, None, 32.0, right=right)
+        kept, _ = plain(guess, left, None, 32.0)
+    error = (refined - 5.25).abs()[..., 8:-8]
+    assert float(error.median()) < 0.15, float(error.median())  # subpixel, from 0.75 px off
+    assert torch.equal(kept, guess)  # without local matching the untrained step is the identity
+
+
+def test_sgbm_hints_are_sgbm_with_its_holes_filled_and_pooling_averages_them():
+    left, right = shifted_pair(6, height=32, width=96)
+    hint, confidence = sgbm_hints(left, right, 64.0, SGBMSettings(min_depth=2.0))  # up to 32 px searched
+    assert hint.shape == confidence.shape == (1, 1, 32, 96)
+    sure = confidence[..., 16:] > 0
+    assert float(sure.float().mean()) > 0.9
+    assert float((hint[..., 16:][sure] - 6.0).abs().median()) < 0.25
+    assert (hint[..., 16:] > 0).all()  # the holes are filled from a row neighbour
+    mean, fraction = pool_hints(torch.arange(4.0).view(1, 1, 2, 2), torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]]), (1, 1))
+    assert mean.item() == pytest.approx(1.5) and fraction.item() == pytest.approx(0.75)
+
+
+def test_the_classical_prior_makes_the_untrained_network_sgbm_and_gives_the_refinement_its_hints():
+    torch.manual_seed(0)
+    # no local matching: on random images it would move the result by up to its search radius
+    model = create_model("stereo_teacher", **TINY, classical_prior=True, local_matching=0).eval()
+    model.set_rig(fx=64.0, baseline=1.0, width=96, min_depth=2.0, max_depth=100.0)
+    left, right = torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96)  # nothing to match: only the hints decide
+    hints = (torch.full((1, 1, 64, 96), 7.0), torch.ones(1, 1, 64, 96))
+    with torch.no_grad():
+        guided = model(left, right, hints=hints)["disparity"][0]
+        filled = model(left, right, hints=(hints[0], torch.zeros_like(hints[1])))["disparity"][0]
+        unguided = create_model("stereo_teacher", **TINY, local_matching=0).eval()(left, right)["disparity"][0]
+    # two refinement steps each move 95 % of the way to the hint: 99.75 % of the way from wherever it was
+    assert float((guided - 7.0).abs().max()) < 0.0025 * 32 + 1e-3
+    assert float((filled - 7.0).abs().max()) < 0.0025 * 32 + 1e-3  # row-filled hints too, by their own gate
+    assert float((unguided - 7.0).abs().median()) > 0.5
+    # without given hints it runs SGBM itself: on a shifted texture it then matches like SGBM
+    pair = shifted_pair(6, height=64, width=96)
+    with torch.no_grad():
+        own = model(*pair)["disparity"][0][..., 16:]
+    assert float((own - 6.0).abs().median()) < 0.25
+
+
+def test_the_classical_prior_refuses_to_be_traced_with_a_clear_message():
+    model = create_model("stereo_teacher", **TINY, classical_prior=True).eval()
+    with pytest.raises(RuntimeError, match="classical_prior"):
+        torch.jit.trace(model, (torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96)), strict=False)
+
+
+def test_training_guides_the_network_with_the_cached_proxy_when_it_is_the_same_sgbm(tmp_path):
+    root = tmp_path / "street"
+    generate_dataset(root, SynthSpec(sequences=1, frames=4, width=128, height=64, seed=4), workers=1, progress=False)
+
+    def task_with(proxy_sgbm: dict):
+        cfg = config_from_dict(TrainConfig, {
+            "data": {"root": str(root), "size": [64, 128], "stereo": True, "offsets": [], "batch_size": 2,
+                     "num_workers": 0},
+            "model": {"name": "stereo_teacher", "kwargs": {**TINY, "classical_prior": True, "local_matching": 0}},
+            "task": {"name": "self_supervised", "kwargs": {"mode": "stereo", "min_depth": 1.0, "max_depth": 80.0,
+                                                           "proxy_weight": 1.0, "proxy_sgbm": proxy_sgbm}},
+            "train": {"out_dir": str(tmp_path / "run")},
+        }, "stereo.yaml")
+        task = create_task("self_supervised", cfg)
+        task._set_rig(60.0, 0.5, 128)
+        return task.eval()
+
+    image, right = torch.rand(1, 3, 64, 128), torch.rand(1, 3, 64, 128)
+    proxy = torch.zeros(1, 1, 64, 128)
+    proxy[..., ::2] = 5.0  # a hand-made proxy: 5 px on every other column, the rest filled from it
+    batch = {"image": image, "image_right": right, "proxy_disparity": proxy}
+    with torch.no_grad():
+        same = task_with({"upsample": 2}).depth_outputs(batch)["disparity"][0]  # the model's own prior settings
+        other = task_with({"upsample": 1}).depth_outputs(batch)["disparity"][0]  # another SGBM: it runs its own
+    assert float((same - 5.0).abs().max()) < 0.1
+    assert float((other - 5.0).abs().median()) > 0.5
+
+
+def test_the_uncertainty_never_moves_the_disparity():
+    torch.manual_seed(0)
+    model = create_model("stereo_teacher", **TINY)
+    out = model(torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96))
+    out["log_sigma"].sum().backward()  # the uncertainty's loss alone
+    moved = [name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert moved and all(name.startswith("sigma_head.") for name in moved), moved
+
+
+def test_a_guided_network_is_served_with_pytorch_by_the_auto_backend():
+    from kd_depth_core.inference.predictor import DepthPredictor
+    from kd_depth_core.models.io import ModelMetadata
+
+    model = create_model("stereo_teacher", **TINY, classical_prior=True).eval()
+    metadata = ModelMetadata(model_name="stereo_teacher", model_kwargs={**TINY, "classical_prior": True},
+                             input_height=64, input_width=96, mean=(0.0,) * 3, std=(1.0,) * 3, size_multiple=32,
+                             min_depth=2.0, max_depth=100.0, scale_kind="metric", focal_length_px=64.0, stereo=True,
+                             has_uncertainty=True, training_config={}, created_by="test")
+    predictor = DepthPredictor((model, metadata), device="cpu", cpu_backend="onnxruntime")
+    assert "served with PyTorch" in predictor.backend_note and not predictor.backend_fallback

@@ -12,12 +12,18 @@ runs as the "no learning" baseline (`SGBMPredictor`).
 
 The matcher's settings scale with the rig: the number of disparities covers fx·B / min_depth
 (rounded up to 16, OpenCV's rule) and the block size grows with the image width.
+
+`upsample` > 1 matches the pair enlarged by that factor (bicubic) with the block size of the
+original width, and brings the disparity back (area average of the confident pixels, / factor):
+subpixel matching with less "pixel locking" and a finer block footprint, at about factor² the cost.
+On the synthetic street world at 320×96 it takes SGBM from AbsRel 0.064 to 0.050
+(docs/benchmarks.md); the baseline row keeps `upsample: 1`, SGBM as users know it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import cv2
 import numpy as np
@@ -40,6 +46,7 @@ class SGBMSettings:
     speckle_range: int = 2  # px
     lr_tolerance_px: float = 1.0  # left-right check: |d_left(u) − d_right(u − d_left(u))| <= this
     mode: str = "sgbm_3way"
+    upsample: int = 1  # match the pair enlarged this many times (1 = as given)
 
     def __post_init__(self) -> None:
         if not self.min_depth > 0:
@@ -52,6 +59,8 @@ class SGBMSettings:
                              f"got {self.block_size}")
         if self.mode not in MODES:
             raise ValueError(f"sgbm.mode: expected one of {', '.join(MODES)}, got {self.mode!r}")
+        if not (isinstance(self.upsample, int) and 1 <= self.upsample <= 4):
+            raise ValueError(f"sgbm.upsample: expected an integer factor 1..4, got {self.upsample!r}")
         if self.lr_tolerance_px < 0:
             raise ValueError(f"sgbm.lr_tolerance_px: expected >= 0, got {self.lr_tolerance_px}")
 
@@ -93,6 +102,8 @@ def sgbm_disparity(left: np.ndarray, right: np.ndarray, settings: SGBMSettings |
     settings = settings or SGBMSettings()
     _check_pair(left, right)
     height, width = left.shape[:2]
+    if settings.upsample > 1:
+        return _sgbm_upsampled(left, right, settings, fx=fx, baseline=baseline)
     p = settings.resolved(width, fx, baseline)
     num = p["num_disparities"]
     # pad on the left so pixels near the left border can still search the whole range
@@ -107,6 +118,24 @@ def sgbm_disparity(left: np.ndarray, right: np.ndarray, settings: SGBMSettings |
     d_right = matcher.compute(flipped[0], flipped[1]).astype(np.float32)[:, pad:][:, ::-1] / 16.0
     confident = left_right_check(d_left, d_right, settings.lr_tolerance_px)
     return np.where(confident, d_left, 0.0).astype(np.float32), confident
+
+
+def _sgbm_upsampled(left: np.ndarray, right: np.ndarray, settings: SGBMSettings, *, fx: float,
+                    baseline: float) -> tuple[np.ndarray, np.ndarray]:
+    """`sgbm_disparity` on the pair enlarged `settings.upsample` times, back at the input's size.
+
+    A pixel is confident when at least 3/4 of its enlarged pixels are; its disparity is their mean / factor.
+    """
+    factor = settings.upsample
+    height, width = left.shape[:2]
+    block = settings.block_size or int(settings.resolved(width, fx, baseline)["block_size"])
+    big = [cv2.resize(im, (width * factor, height * factor), interpolation=cv2.INTER_CUBIC) for im in (left, right)]
+    inner = replace(settings, upsample=1, block_size=block)
+    disparity, confident = sgbm_disparity(big[0], big[1], inner, fx=fx * factor, baseline=baseline)
+    fraction = cv2.resize(confident.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
+    total = cv2.resize(disparity, (width, height), interpolation=cv2.INTER_AREA)
+    keep = fraction >= 0.75
+    return np.where(keep, total / np.maximum(fraction, 1e-6) / factor, 0.0).astype(np.float32), keep
 
 
 def left_right_check(d_left: np.ndarray, d_right: np.ndarray, tolerance: float) -> np.ndarray:

@@ -10,7 +10,20 @@
    matching logits; a softmax over candidates gives a soft-argmin disparity (subpixel, in
    full-resolution pixels) and the spread of the matching distribution;
 4. StereoNet-style refinement, one residual step per factor 2 up to full resolution, guided by
-   the left image (and the backbone's left features at that stride).
+   the left image (and the backbone's left features at that stride); each step first matches again
+   locally on the images at its own resolution (`local_matching_cost`: the mean absolute difference
+   over a small window for the right image sampled at `local_offsets` around the upsampled
+   disparity) and moves the disparity to the soft-argmin of that cost, so the subpixel detail and
+   the edges the stride-4 volume pooled away come back from the images, coarse to fine.
+
+With `classical_prior` the network is guided by classical stereo (the idea of Guided Stereo
+Matching, Poggi et al., CVPR 2019, with OpenCV SGBM as the source of the hints): SGBM with its
+left-right check (`classical.sgbm`, no learning, no gradient) runs on the pair, and every
+refinement step moves its disparity toward SGBM's (by two learned gates, for the pixels that pass
+the left-right check and for the row-filled rest, both starting at 0.95) and sees SGBM's disparity
+and confidence as inputs. The untrained network is then
+the SGBM baseline (holes filled row-wise); training learns where to leave it: it fills SGBM's
+holes from context and corrects it where the images disagree. SGBM runs on the CPU, outside any exported graph.
 
 The disparity becomes depth through the rig, Z = fx·B / d (`rig` buffer: fx·B per pixel of input
 width, and the depth range), so there is no sigmoid range to initialise: the untrained network
@@ -26,9 +39,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from kd_depth_core.classical.sgbm import SGBMSettings, fill_rows, sgbm_disparity
 
 from .encoders import TimmEncoder, check_image
 from .registry import register_model
@@ -76,6 +92,64 @@ def block_matching_volume(left: torch.Tensor, right: torch.Tensor, candidates: i
             best[:, k:k + 1] = torch.minimum(best[:, k:k + 1], sad)
         cost = F.avg_pool2d(best, stride)
         return -(cost - cost.mean(1, keepdim=True)) / (cost.std(1, keepdim=True) + 1e-3)
+
+
+def local_matching_cost(left: torch.Tensor, right: torch.Tensor, disparity: torch.Tensor, offsets: torch.Tensor,
+                        block: int) -> torch.Tensor:
+    """Local block matching around a disparity: (B,3,h,w) left and right, (B,1,h,w) disparity in pixels of
+    this resolution, (K,) offsets (px) -> (B,K,h,w) cost.
+
+    cost[:, k, v, u] = mean absolute difference over a `block` x `block` window between the left image
+    and the right image sampled (bilinear, border) at u - (disparity + offsets[k]): a pixel u of the left
+    image sees u - d in the right one. The disparity is treated as given (no gradient through the
+    sampling positions), as in coarse-to-fine matching.
+    """
+    batch, _, height, width = left.shape
+    disparity = disparity.detach()
+    columns = torch.arange(width, device=left.device, dtype=left.dtype).view(1, 1, width)
+    rows = torch.linspace(-1.0, 1.0, height, device=left.device, dtype=left.dtype).view(1, height, 1)
+    rows = rows.expand(batch, height, width)
+    costs = []
+    for offset in offsets:
+        x = columns - (disparity[:, 0] + offset)
+        grid = torch.stack([2.0 * x / max(width - 1, 1) - 1.0, rows], dim=-1)
+        warped = F.grid_sample(right, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        sad = (left - warped).abs().mean(1, keepdim=True)
+        costs.append(F.avg_pool2d(sad, block, stride=1, padding=block // 2, count_include_pad=False))
+    return torch.cat(costs, 1)
+
+
+def sgbm_hints(left: torch.Tensor, right: torch.Tensor, focal_baseline: float, settings: SGBMSettings
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,3,H,W) pair in [0, 1] -> SGBM's left disparity (B,1,H,W) px and its confidence (B,1,H,W) in {0, 1}.
+
+    OpenCV SGBM with the left-right check (`classical.sgbm`), on the CPU; the pixels that fail the
+    check (occlusions, no texture) are filled row-wise from the background side (`fill_rows`), as the
+    SGBM baseline does, and are 0 in the confidence; 0 px where no row neighbour exists."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        raise RuntimeError("stereo_teacher with classical_prior runs OpenCV SGBM outside the graph and cannot be "
+                           "exported; serve it with the PyTorch backend, or train with model.kwargs.classical_prior=false")
+    pair = [(x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            for x in (left, right)]
+    sparse = [sgbm_disparity(l_image, r_image, settings, fx=float(focal_baseline), baseline=1.0)[0]
+              for l_image, r_image in zip(*pair)]
+    return hints_from_disparity(torch.from_numpy(np.stack(sparse))[:, None].to(left))
+
+
+def hints_from_disparity(disparity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SGBM's confident disparity (B,1,H,W) px, 0 elsewhere (e.g. the training proxy) -> (the same with the
+    holes filled row-wise by `fill_rows`, the confidence in {0, 1})."""
+    sparse = disparity.detach().float().cpu().numpy()[:, 0]
+    filled = np.stack([fill_rows(d, d > 0) for d in sparse])
+    return (torch.from_numpy(filled)[:, None].to(disparity), (disparity > 0).to(disparity))
+
+
+def pool_hints(hint: torch.Tensor, confidence: torch.Tensor, size: tuple[int, int]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hints (B,1,H,W) px and their confidence -> both averaged over the cells of `size`."""
+    if tuple(hint.shape[-2:]) == tuple(size):
+        return hint, confidence
+    return F.adaptive_avg_pool2d(hint, size), F.adaptive_avg_pool2d(confidence, size)
 
 
 def resample_candidates(volume: torch.Tensor, candidates: int) -> torch.Tensor:
@@ -139,19 +213,57 @@ class CostAggregation(nn.Module):
 
 
 class Refinement(nn.Module):
-    """One StereoNet step: upsampled disparity + left image (+ left features) -> disparity + residual (px)."""
+    """One StereoNet step at `stride`: upsampled disparity + left image (+ left features) -> disparity (px).
 
-    def __init__(self, guide_channels: int, width: int) -> None:
+    With `local_offsets` (px at this stride) the step first matches locally on the images
+    (`local_matching_cost`) and moves the disparity to the soft-argmin of that cost (temperature
+    `exp(log_local_scale)`, learned; a flat cost, as on a textureless wall, moves nothing); the cost
+    also feeds the learned residual, which starts at zero.
+    """
+
+    def __init__(self, guide_channels: int, width: int, stride: int = 1, local_offsets: Sequence[float] = (),
+                 local_block: int = 5, prior: bool = False) -> None:
         super().__init__()
-        self.body = nn.Sequential(_conv(1 + 3 + guide_channels, width), _conv(width, width, dilation=2),
+        self.stride = int(stride)
+        self.prior = bool(prior)
+        if self.prior:  # how far the disparity moves to a classical hint, confident / filled: sigmoid(3) = 0.95
+            self.prior_gate = nn.Parameter(torch.tensor([3.0, 3.0]))
+        self.local_block = int(local_block)
+        self.register_buffer("local_offsets", torch.tensor(list(local_offsets), dtype=torch.float32),
+                             persistent=False)
+        local = len(self.local_offsets)
+        if local:
+            self.log_local_scale = nn.Parameter(torch.tensor(4.6))  # exp -> 100 per unit of mean abs difference
+        self.body = nn.Sequential(_conv(1 + 3 + guide_channels + local + 2 * self.prior, width),
+                                  _conv(width, width, dilation=2),
                                   _conv(width, width, dilation=4), _conv(width, width))
         self.residual = nn.Conv2d(width, 1, 3, padding=1)
         nn.init.zeros_(self.residual.weight)
         nn.init.zeros_(self.residual.bias)
 
     def forward(self, disparity: torch.Tensor, image: torch.Tensor, guide: torch.Tensor | None,
-                disparity_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = [disparity / disparity_scale, image] + ([guide] if guide is not None else [])
+                disparity_scale: float, right: torch.Tensor | None = None,
+                hints: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`disparity` (B,1,h,w) in full-resolution px; `image`/`right` the pair at this step's resolution;
+        `hints`: classical disparity (full-resolution px) and its confidence at this resolution."""
+        extra = []
+        if self.prior:
+            if hints is None:
+                raise ValueError("Refinement with a classical prior needs the hints")
+            hint, confidence = hints
+            gate = torch.sigmoid(self.prior_gate)
+            weight = (gate[0] * confidence + gate[1] * (1 - confidence)) * (hint > 0).to(hint)
+            disparity = disparity + weight * (hint - disparity)
+            extra = [hint / disparity_scale, confidence]
+        if len(self.local_offsets):
+            if right is None:
+                raise ValueError("Refinement with local matching needs the right image")
+            cost = local_matching_cost(image, right, disparity / self.stride, self.local_offsets, self.local_block)
+            prob = torch.softmax(-self.log_local_scale.exp() * (cost - cost.amin(1, keepdim=True)), dim=1)
+            shift = (prob * self.local_offsets.view(1, -1, 1, 1).to(prob)).sum(1, keepdim=True)
+            disparity = F.relu(disparity + shift * self.stride)
+            extra.append(10.0 * (cost - cost.mean(1, keepdim=True)))
+        inputs = [disparity / disparity_scale, image] + ([guide] if guide is not None else []) + extra
         hidden = self.body(torch.cat(inputs, 1))
         return F.relu(disparity + self.residual(hidden)), hidden
 
@@ -187,8 +299,17 @@ class StereoMatchNet(nn.Module):
 
     def __init__(self, backbone: str, *, match_reduction: int = 4, max_disparity: int = 192, match_channels: int = 32,
                  aggregation_channels: int = 64, refine_channels: int = 32, uncertainty: bool = True,
-                 context_levels: int = 0, block_matching: int = 9, weights_path: str | os.PathLike | None = None) -> None:
+                 context_levels: int = 0, block_matching: int = 9, local_matching: int = 0, local_block: int = 5,
+                 classical_prior: bool = False, prior_upsample: int = 2,
+                 weights_path: str | os.PathLike | None = None) -> None:
         super().__init__()
+        self.classical_prior = bool(classical_prior)
+        self.prior_upsample = int(prior_upsample)
+        SGBMSettings(upsample=self.prior_upsample)  # checks it
+        if local_matching < 0:
+            raise ValueError(f"local_matching: expected 0 (off) or a search radius in pixels, got {local_matching}")
+        if local_block < 1 or local_block % 2 == 0:
+            raise ValueError(f"local_block: expected an odd window size in pixels, got {local_block}")
         if max_disparity < match_reduction:
             raise ValueError(f"max_disparity: expected >= match_reduction ({match_reduction}) pixels, "
                              f"got {max_disparity}")
@@ -233,8 +354,12 @@ class StereoMatchNet(nn.Module):
             stride //= 2
             self.refine_strides.append(stride)
         self.guide_index = {s: reductions.index(s) for s in self.refine_strides if s in reductions}
+        # local matching: offsets -radius..radius in half pixels of each step's resolution
+        self.local_matching = int(local_matching)
+        offsets = [k / 2 for k in range(-2 * self.local_matching, 2 * self.local_matching + 1)] if local_matching else []
         self.refinements = nn.ModuleList(
-            Refinement(int(info[self.guide_index[s]]["num_chs"]) if s in self.guide_index else 0, int(refine_channels))
+            Refinement(int(info[self.guide_index[s]]["num_chs"]) if s in self.guide_index else 0, int(refine_channels),
+                       stride=s, local_offsets=offsets, local_block=local_block, prior=self.classical_prior)
             for s in self.refine_strides)
         self.has_uncertainty = bool(uncertainty)
         if self.has_uncertainty:
@@ -253,6 +378,15 @@ class StereoMatchNet(nn.Module):
                              f"{fx}, {baseline}, {width}, {min_depth}, {max_depth}")
         self.rig.copy_(torch.tensor([fx * baseline / width, min_depth, max_depth]))
 
+    @property
+    def onnx_exportable(self) -> bool:
+        """False with `classical_prior`: SGBM runs outside the graph (`inference.predictor` serves it with torch)."""
+        return not self.classical_prior
+
+    def prior_settings(self) -> SGBMSettings:
+        """The SGBM settings of the classical prior (`classical_prior`), at the rig's nearest depth."""
+        return SGBMSettings(min_depth=float(self.rig[1]), upsample=self.prior_upsample)
+
     def focal_baseline(self, width: int) -> float:
         """fx·B (px·m) at an input `width` (px): disparity d px <-> depth fx·B / d m."""
         return float(self.rig[0]) * width
@@ -263,7 +397,9 @@ class StereoMatchNet(nn.Module):
         inverse_depth = (disparity / focal_baseline).clamp(min=1.0 / max_depth)
         return (inverse_depth - 1.0 / max_depth) / (1.0 / min_depth - 1.0 / max_depth)
 
-    def forward(self, left: torch.Tensor, right: torch.Tensor, return_features: bool = False) -> dict:
+    def forward(self, left: torch.Tensor, right: torch.Tensor, return_features: bool = False,
+                hints: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+        """`hints`: (disparity px, confidence), each (B,1,H,W), to use instead of running SGBM (classical_prior)."""
         check_image(left, "left", 3, self.size_multiple)
         check_image(right, "right", 3, self.size_multiple)
         if left.shape != right.shape:
@@ -282,14 +418,18 @@ class StereoMatchNet(nn.Module):
         else:
             logits = self.aggregation(volume, context)
         disparity, spread = soft_argmin(logits, self.candidates)
+        if self.classical_prior and hints is None:
+            hints = sgbm_hints(left, right, self.focal_baseline(width), self.prior_settings())
         by_stride = {self.match_reduction: disparity}
         hidden = None
         for stride, refine in zip(self.refine_strides, self.refinements):
             size = (left.shape[-2] // stride, width // stride)
             up = F.interpolate(disparity, size=size, mode="bilinear", align_corners=False)
             image = F.adaptive_avg_pool2d(left, size) if stride > 1 else left
+            other = (F.adaptive_avg_pool2d(right, size) if stride > 1 else right) if self.local_matching else None
             guide = lefts[self.guide_index[stride]] if stride in self.guide_index else None
-            disparity, hidden = refine(up, image, guide, float(self.max_disparity))
+            at_stride = pool_hints(*hints, size) if self.classical_prior else None
+            disparity, hidden = refine(up, image, guide, float(self.max_disparity), right=other, hints=at_stride)
             by_stride[stride] = disparity
         scales = []
         for s in range(NUM_SCALES):
@@ -302,11 +442,13 @@ class StereoMatchNet(nn.Module):
         out = {"disparity": scales, "disp": [self.disparity_to_disp(d, width) for d in scales]}
         if self.has_uncertainty:
             # sigma_Z ~ Z * sigma_d / d (first order), from the spread of the matching distribution,
-            # corrected by a learned head (zero at initialisation)
+            # corrected by a learned head (zero at initialisation). All detached from the disparity path:
+            # the uncertainty's loss trains the head only and never moves the depth (a gradient through
+            # d here would push disparities wherever the NLL likes a smaller sigma)
             focal_baseline = self.rig[0] * width
-            full = torch.maximum(scales[0], focal_baseline / self.rig[2])
-            spread_full = F.interpolate(spread, size=full.shape[-2:], mode="bilinear", align_corners=False)
-            correction = self.sigma_head(hidden) if hidden is not None else 0.0
+            full = torch.maximum(scales[0].detach(), focal_baseline / self.rig[2])
+            spread_full = F.interpolate(spread.detach(), size=full.shape[-2:], mode="bilinear", align_corners=False)
+            correction = self.sigma_head(hidden.detach()) if hidden is not None else 0.0
             out["log_sigma"] = torch.log(focal_baseline / full) + torch.log(spread_full + 0.25) - torch.log(full) \
                 + correction
         if return_features:
@@ -320,12 +462,19 @@ class StereoMatchNet(nn.Module):
 def stereo_teacher(*, backbone: str = "resnet34", cost_volume_reductions: Sequence[int] = (4,),
                    max_disparity: int = 192, match_channels: int = 32, aggregation_channels: int = 64,
                    refine_channels: int = 32, uncertainty: bool = True, context_levels: int = 0,
-                   block_matching: int = 9, weights_path: str | os.PathLike | None = None) -> StereoMatchNet:
+                   block_matching: int = 9, local_matching: int = 0, local_block: int = 5,
+                   classical_prior: bool = False, prior_upsample: int = 2,
+                   weights_path: str | os.PathLike | None = None) -> StereoMatchNet:
     """`max_disparity`: full-resolution pixels searched at the training width (fx·B / nearest depth).
     The matching stride is the smallest of `cost_volume_reductions`; `context_levels`: backbone strides
     (from the matching one down) whose left features guide the aggregation, 0 = all; `block_matching`:
-    the window (px, odd) of the classical block-matching volume added to the learned one, 0 = off."""
+    the window (px, odd) of the classical block-matching volume added to the learned one, 0 = off;
+    `local_matching`: the search radius (px, in half-pixel steps) of the local matching in every
+    refinement step, 0 = off; `local_block`: its window (px, odd); `classical_prior`: guide the
+    refinement with OpenCV SGBM's disparities (run on the CPU, not exportable), matched on the pair
+    enlarged `prior_upsample` times (`classical.sgbm.SGBMSettings.upsample`)."""
     return StereoMatchNet(backbone, match_reduction=int(min(cost_volume_reductions)), max_disparity=max_disparity,
                           match_channels=match_channels, aggregation_channels=aggregation_channels,
                           refine_channels=refine_channels, uncertainty=uncertainty, context_levels=context_levels,
-                          block_matching=block_matching, weights_path=weights_path)
+                          block_matching=block_matching, local_matching=local_matching, local_block=local_block,
+                          classical_prior=classical_prior, prior_upsample=prior_upsample, weights_path=weights_path)

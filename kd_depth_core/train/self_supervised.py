@@ -277,8 +277,20 @@ class SelfSupervisedTask(Task):
     def depth_outputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The depth network's output dict for the batch's target (and right) image."""
         if self.stereo_input:
-            return self.depth_net(batch["image"], batch["image_right"])
+            return self.depth_net(batch["image"], batch["image_right"], **self._cached_hints(batch))
         return self.depth_net(batch["image"])
+
+    def _cached_hints(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A stereo network guided by SGBM (`classical_prior`) reuses the batch's cached proxy as its hints
+        when the proxy is the same SGBM; otherwise it runs SGBM itself."""
+        net = self.depth_net
+        if not getattr(net, "classical_prior", False) or self.proxy is None or "proxy_disparity" not in batch:
+            return {}
+        if self.proxy.settings != net.prior_settings():
+            return {}
+        from kd_depth_core.models.stereo import hints_from_disparity
+
+        return {"hints": hints_from_disparity(batch["proxy_disparity"])}
 
     def source_poses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """All photometric sources (B,S,3,H,W) and their T_source_target (B,S,4,4) (`PhotometricSupervision`)."""
