@@ -7,7 +7,7 @@ bad ones arrive, and what does the per-frame supervision cost?
   raises on chosen frames (test/ros_helpers.faulty_node_command), fed ``--good`` good frames and ``--bad`` bad
   ones of mixed kinds (backend error, undecodable encoding, short step, NaN K, zero fx, camera_info of another
   size, no matching camera_info), shuffled, at ``--rate`` Hz. Reported: good frames answered (depth with their
-  stamp), bad frames answered (must be 0), frames dropped by the newest-frame-wins worker, the node's
+  stamp), bad frames answered (must be 0), frames dropped by the worker's bounded queue (frame_queue_size), the node's
   ``failed: <kind>`` counts, the /diagnostics levels seen while failing and the level at the end (after good
   frames only), whether the node is alive, its RSS before and after (MB).
 - ``overhead``: in this process, the same node class and model: p50 of ``process(frame)`` alone (the plain path:
@@ -184,7 +184,7 @@ def soak(model: Path, good: int, bad: int, rate_hz: float, height: int, width: i
             "good_answered_pct": round(100.0 * sum(s in answered_stamps for s in good_stamps) / max(1, good), 2),
             "bad_answered": sum(s in answered_stamps for s, k in sent.items() if k != "good"),
             "published_total": int(values.get("frames published", 0)),
-            "dropped_newest_wins": int(values.get("frames dropped", 0)),
+            "dropped_by_queue": int(values.get("frames dropped", 0)),
             "failed_by_kind": {k.split(": ", 1)[1]: int(v) for k, v in values.items() if k.startswith("failed: ")},
             "injected_by_kind": {k: kinds.count(k) for k in BAD_KINDS},
             "diagnostics_levels_seen": [{0: "OK", 1: "WARN", 2: "ERROR", 3: "STALE"}.get(lv, lv)

@@ -17,22 +17,36 @@ Conventions (see docs/architecture.md):
   ``T_right_left = [I | (-baseline, 0, 0)]`` and disparity ``d = fx * baseline / Z``.
 
 Torch functions are batched with per-sample intrinsics K (B,3,3) and poses (B,4,4).
+
+torch is imported inside the functions that need it, never at module level: the numpy functions
+(:func:`scale_intrinsics` and :func:`disparity_to_depth` on arrays, :func:`pixel_rays`,
+:func:`depth_to_points`) are what a node serving an ONNX export uses, and that path never imports
+torch (``test/test_lean_runtime.py``). A tensor argument implies torch is already imported.
 """
 from __future__ import annotations
 
 import functools
+import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 GRID_ALIGN_CORNERS = True
 """``align_corners`` used by :func:`project` grids and every ``grid_sample`` in :func:`warp`."""
 
 
+def _is_tensor(value) -> bool:
+    """``isinstance(value, torch.Tensor)`` without importing torch (no torch loaded: no tensor exists)."""
+    torch_module = sys.modules.get("torch")
+    return torch_module is not None and isinstance(value, torch_module.Tensor)
+
+
 # --------------------------------------------------------------------------- validation helpers
 def _check_shape(name: str, tensor: torch.Tensor, tail: tuple[int, ...], ndim: int) -> None:
-    if not isinstance(tensor, torch.Tensor):
+    if not _is_tensor(tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
     if tensor.ndim != ndim or tuple(tensor.shape[ndim - len(tail):]) != tail:
         expected = "(B," + ",".join(str(t) for t in tail) + ")" if ndim == len(tail) + 1 else str(tail)
@@ -66,7 +80,7 @@ def depth_to_disp(depth: torch.Tensor, min_depth: float = 0.1, max_depth: float 
 
 def _per_sample(value, like):
     """Reshape a (B,) tensor to (B,1,...,1) so it broadcasts against ``like``; scalars pass through."""
-    if isinstance(value, torch.Tensor) and value.ndim == 1 and isinstance(like, torch.Tensor) and like.ndim > 1:
+    if _is_tensor(value) and value.ndim == 1 and _is_tensor(like) and like.ndim > 1:
         return value.reshape(-1, *([1] * (like.ndim - 1))).to(like)
     return value
 
@@ -78,7 +92,9 @@ def disparity_to_depth(disparity, fx, baseline):
     tensor disparity (B,...), (B,) tensors.
     """
     fx, baseline = _per_sample(fx, disparity), _per_sample(baseline, disparity)
-    if isinstance(disparity, torch.Tensor):
+    if _is_tensor(disparity):
+        import torch
+
         valid = disparity > 0
         return torch.where(valid, fx * baseline / torch.where(valid, disparity, torch.ones_like(disparity)),
                            torch.zeros_like(disparity))
@@ -102,7 +118,9 @@ def scale_intrinsics(K, sx: float, sy: float):
     ``K`` is a numpy array or tensor of shape (..., 3, 3); returns a new one of the same kind
     (float). Uses K' = diag(sx, sy, 1) @ K (resize factors = new size / old size).
     """
-    if isinstance(K, torch.Tensor):
+    if _is_tensor(K):
+        import torch
+
         if K.ndim < 2 or tuple(K.shape[-2:]) != (3, 3):
             raise ValueError(f"K: expected shape (..., 3, 3), got {tuple(K.shape)}")
         dtype = K.dtype if K.is_floating_point() else torch.float32
@@ -118,6 +136,8 @@ def scale_intrinsics(K, sx: float, sy: float):
 # --------------------------------------------------------------------------- pixel grids, (back)projection
 @functools.lru_cache(maxsize=32)
 def _pixel_grid_cached(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    import torch
+
     v, u = torch.meshgrid(torch.arange(height, device=device, dtype=dtype),
                           torch.arange(width, device=device, dtype=dtype), indexing="ij")
     grid = torch.stack([u.reshape(-1), v.reshape(-1), torch.ones(height * width, device=device, dtype=dtype)])
@@ -126,9 +146,12 @@ def _pixel_grid_cached(height: int, width: int, device: torch.device, dtype: tor
 
 
 def pixel_grid(height: int, width: int, device: torch.device | str = "cpu",
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Homogeneous pixel coordinates (3, H*W): rows u (column), v (row), 1; row-major order. Cached; do not modify."""
-    return _pixel_grid_cached(int(height), int(width), torch.device(device), dtype)
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Homogeneous pixel coordinates (3, H*W): rows u (column), v (row), 1; row-major order; ``dtype`` None =
+    float32. Cached; do not modify."""
+    import torch
+
+    return _pixel_grid_cached(int(height), int(width), torch.device(device), dtype or torch.float32)
 
 
 def backproject(depth: torch.Tensor, K_inv: torch.Tensor) -> torch.Tensor:
@@ -167,6 +190,8 @@ def project_to_pixels(points: torch.Tensor, K: torch.Tensor, T: torch.Tensor | N
 
 def pixels_to_grid(uv: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Pixel coordinates (B,2,H*W) -> grid_sample grid (B,H,W,2) in [-1, 1] (``align_corners=True``)."""
+    import torch
+
     batch = uv.shape[0]
     scale = torch.tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)], dtype=uv.dtype, device=uv.device)
     grid = uv * scale[None, :, None] - 1.0
@@ -187,6 +212,8 @@ def project(points: torch.Tensor, K: torch.Tensor, T: torch.Tensor | None, heigh
 # --------------------------------------------------------------------------- poses
 def _skew(v: torch.Tensor) -> torch.Tensor:
     """(B,3) -> cross-product matrices (B,3,3)."""
+    import torch
+
     zero = torch.zeros_like(v[:, 0])
     x, y, z = v.unbind(1)
     return torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=1).reshape(-1, 3, 3)
@@ -194,6 +221,8 @@ def _skew(v: torch.Tensor) -> torch.Tensor:
 
 def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
     """Rodrigues: axis-angle (B,3) (angle = norm, radians) -> rotation matrices (B,3,3). Smooth at 0."""
+    import torch
+
     _check_shape("axis_angle", axis_angle, (3,), 2)
     theta_sq = (axis_angle * axis_angle).sum(1)
     small = theta_sq < 1e-8
@@ -208,6 +237,8 @@ def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
 
 def matrix_to_axis_angle(R: torch.Tensor) -> torch.Tensor:
     """Rotation matrices (B,3,3) -> axis-angle (B,3) with angle in [0, pi], via a quaternion (stable near pi)."""
+    import torch
+
     _check_shape("R", R, (3, 3), 3)
     r00, r01, r02 = R[:, 0, 0], R[:, 0, 1], R[:, 0, 2]
     r10, r11, r12 = R[:, 1, 0], R[:, 1, 1], R[:, 1, 2]
@@ -238,6 +269,8 @@ def pose_vec_to_mat(vec: torch.Tensor, invert: bool = False) -> torch.Tensor:
     Returns ``[R | t]`` (rotate, then translate); with ``invert=True`` its inverse ``[R^T | -R^T t]``.
     See the module docstring for which frame maps to which (pose net: ``T_b_a``).
     """
+    import torch
+
     _check_shape("vec", vec, (6,), 2)
     R = axis_angle_to_matrix(vec[:, :3])
     t = vec[:, 3:, None]
@@ -250,6 +283,8 @@ def pose_vec_to_mat(vec: torch.Tensor, invert: bool = False) -> torch.Tensor:
 
 def invert_pose(T: torch.Tensor) -> torch.Tensor:
     """Inverse of rigid transforms (B,4,4): ``T_a_b -> T_b_a``."""
+    import torch
+
     _check_shape("T", T, (4, 4), 3)
     R_t = T[:, :3, :3].transpose(1, 2)
     t = -R_t @ T[:, :3, 3:]
@@ -262,6 +297,8 @@ def invert_pose(T: torch.Tensor) -> torch.Tensor:
 
 def mat_to_pose_vec(T: torch.Tensor, invert: bool = False) -> torch.Tensor:
     """Rigid transform (B,4,4) -> pose vector (B,6); inverse of ``pose_vec_to_mat(vec, invert)``."""
+    import torch
+
     _check_shape("T", T, (4, 4), 3)
     if invert:
         T = invert_pose(T)
@@ -270,6 +307,8 @@ def mat_to_pose_vec(T: torch.Tensor, invert: bool = False) -> torch.Tensor:
 
 def stereo_pose(baseline: torch.Tensor) -> torch.Tensor:
     """Baselines (B,) metres -> ``T_right_left`` (B,4,4) of a rectified pair: X_right = X_left - (b, 0, 0)."""
+    import torch
+
     baseline = torch.as_tensor(baseline, dtype=torch.float32) if not isinstance(baseline, torch.Tensor) else baseline
     if baseline.ndim != 1:
         raise ValueError(f"baseline: expected shape (B,), got {tuple(baseline.shape)}")
@@ -289,6 +328,9 @@ def warp(source_image: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, T_sou
     image (bilinear, ``padding_mode`` border). Returns (warped (B,C,H,W), valid (B,1,H,W) float
     0/1: the point is in front of the source camera and lands inside the source image).
     """
+    import torch
+    import torch.nn.functional as F
+
     if source_image.ndim != 4:
         raise ValueError(f"source_image: expected shape (B,C,H,W), got {tuple(source_image.shape)}")
     if depth.ndim != 4 or depth.shape[1] != 1 or depth.shape[-2:] != source_image.shape[-2:] \

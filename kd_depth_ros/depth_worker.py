@@ -1,11 +1,16 @@
 """The depth nodes' inference thread and what it does with a frame that fails, without a node.
 
 - :class:`LatestFrameWorker`: subscription callbacks only ``submit()`` (cheap: no decoding); the
-  thread takes the newest pending item and runs ``process(item)`` (decode, predict, publish). A
-  frame replaced before the thread reaches it counts as dropped, so a slow model never builds a
-  queue of stale frames and latency stays bounded by about one inference time. An exception from
-  ``process`` goes to ``on_error`` and the thread carries on; a thread that ends anyway is restarted
-  by :meth:`LatestFrameWorker.supervise` (the node calls it from its diagnostics timer).
+  thread takes the oldest pending item and runs ``process(item)`` (decode, predict, publish). While
+  the thread keeps up (the median ``process`` time of the last 8 is below the mean interval between
+  the last 9 submits: a rate, so a burst of frames delivered together after a stall does not count
+  as overload), up to ``queue_size`` items wait (the nodes use 2, parameter ``frame_queue_size``):
+  frames that arrive while the thread is briefly late (a scheduling hiccup, one slow frame) are all
+  still answered. When it does not keep up (a model slower than the camera) only the newest item
+  waits ("newest frame wins"), so a slow model never builds a queue of stale frames and latency stays
+  about one to two inference times. An item pushed out of the queue counts as dropped. An exception
+  from ``process`` goes to ``on_error`` and the thread carries on; a thread that ends anyway is
+  restarted by :meth:`LatestFrameWorker.supervise` (the node calls it from its diagnostics timer).
 - Failures: :data:`FAILURE_KINDS`, :class:`FrameError` (a frame that cannot be processed, by kind) and
   :func:`failure_kind` (the kind of a bad-input reason from the field it names).
 - :class:`ThrottledLog`: at most one line per key and period, one rclpy call site per severity.
@@ -15,28 +20,39 @@ The node that wires these (lifecycle, publishers, diagnostics) is :mod:`kd_depth
 from __future__ import annotations
 
 import math
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+PACE_WINDOW = 8
+"""Process durations (median) and submit intervals (mean) that decide whether the thread keeps up."""
 
 
 # --------------------------------------------------------------------------- the inference thread
 class LatestFrameWorker:
-    """One background thread processing the most recently submitted item.
+    """One background thread processing the most recently submitted items, oldest of them first.
 
-    An exception from ``process`` goes to ``on_error`` and the thread carries on; should the thread end
-    anyway (a ``BaseException``, a failing ``on_error``), :meth:`supervise` restarts it.
+    At most :attr:`capacity` items wait: ``queue_size`` while the thread keeps up (:meth:`keeping_up`), 1 while
+    it does not; a submit to a full queue drops the oldest waiting item (counted in ``dropped``). ``queue_size``
+    1 is plain "newest item wins". An exception from ``process`` goes to ``on_error`` and the thread carries on;
+    should the thread end anyway (a ``BaseException``, a failing ``on_error``), :meth:`supervise` restarts it.
     """
 
     def __init__(self, process: Callable[[Any], None], on_error: Callable[[BaseException], None] | None = None,
-                 name: str = "depth-inference"):
+                 name: str = "depth-inference", queue_size: int = 1):
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+            raise ValueError(f"queue_size: expected an integer >= 1, got {queue_size!r}")
         self._process = process
         self._on_error = on_error
         self._name = name
+        self.queue_size = queue_size
         self._cond = threading.Condition()
-        self._pending: Any = None
-        self._has_pending = False
+        self._pending: deque[Any] = deque()
+        self._durations: deque[float] = deque(maxlen=PACE_WINDOW)  # seconds per process() call
+        self._submits: deque[float] = deque(maxlen=PACE_WINDOW + 1)  # monotonic times of the last submits
         self._stop = False
         self._busy = False
         self._thread: threading.Thread | None = None
@@ -69,21 +85,51 @@ class LatestFrameWorker:
         self.start()
         return error
 
-    def submit(self, item: Any) -> bool:
-        """Queue ``item``, replacing an unprocessed one (counted in ``dropped``). Returns True if one was replaced."""
+    def _keeping_up(self) -> bool:  # with self._cond held
+        if len(self._durations) < 3 or len(self._submits) < 4:
+            return True
+        mean_interval = (self._submits[-1] - self._submits[0]) / (len(self._submits) - 1)
+        return statistics.median(self._durations) < mean_interval
+
+    def keeping_up(self) -> bool:
+        """True while ``process`` takes less time than passes between submits: the median of the last
+        :data:`PACE_WINDOW` process times against the mean interval of the last submits (the input rate, which
+        a burst of frames delivered together after a stall does not change); True until three of each are known."""
         with self._cond:
-            replaced = self._has_pending
-            if replaced:
-                self.dropped += 1
-            self._pending, self._has_pending = item, True
+            return self._keeping_up()
+
+    @property
+    def capacity(self) -> int:
+        """Items that may wait now: ``queue_size`` while the thread keeps up, else 1."""
+        with self._cond:
+            return self.queue_size if self._keeping_up() else 1
+
+    def submit(self, item: Any) -> bool:
+        """Queue ``item``; with :attr:`capacity` items already waiting the oldest go (counted in ``dropped``).
+        Returns True if one was dropped."""
+        with self._cond:
+            self._submits.append(time.monotonic())
+            capacity = self.queue_size if self._keeping_up() else 1
+            dropped = 0
+            while len(self._pending) >= capacity:
+                self._pending.popleft()
+                dropped += 1
+            self.dropped += dropped
+            self._pending.append(item)
             self._cond.notify_all()
-        return replaced
+        return dropped > 0
+
+    @property
+    def pending(self) -> int:
+        """Items waiting (not counting the one being processed)."""
+        with self._cond:
+            return len(self._pending)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the item in progress; a pending item is discarded (not counted as dropped)."""
+        """Stop after the item in progress; pending items are discarded (not counted as dropped)."""
         with self._cond:
             self._stop = True
-            self._pending, self._has_pending = None, False
+            self._pending.clear()
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -92,7 +138,7 @@ class LatestFrameWorker:
     def wait_idle(self, timeout: float) -> bool:
         """Block until nothing is pending or running. Returns False on timeout."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._has_pending and not self._busy, timeout)
+            return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
 
     def _run(self) -> None:
         try:
@@ -103,11 +149,12 @@ class LatestFrameWorker:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._has_pending or self._stop)
+                self._cond.wait_for(lambda: self._pending or self._stop)
                 if self._stop:
                     return
-                item, self._pending, self._has_pending = self._pending, None, False
+                item = self._pending.popleft()
                 self._busy = True
+            start = time.monotonic()
             try:
                 self._process(item)
             except Exception as exc:  # a bad frame must never kill the thread
@@ -115,6 +162,7 @@ class LatestFrameWorker:
                     self._on_error(exc)
             finally:
                 with self._cond:
+                    self._durations.append(time.monotonic() - start)
                     self._busy = False
                     self.processed += 1
                     self._cond.notify_all()

@@ -3,8 +3,9 @@
 :class:`DepthNodeBase` (``rclpy.lifecycle.LifecycleNode``) declares :data:`~kd_depth_ros.node_params.COMMON_SPECS`
 (plus the subclass's), and on
 
-- configure: loads the model (``DepthPredictor``, ``model_path`` / ``model_card``) and creates the publishers
-  (``uncertainty`` only for a model that has it);
+- configure: loads the model (``DepthPredictor``, ``model_path`` / ``model_card``; backend 'auto' serves a
+  ``.safetensors`` model through ONNX Runtime on a CPU, see ``kd_depth_core/inference/predictor.py``) and creates
+  the publishers (``uncertainty`` only for a model that has it);
 - activate: subscribes (the subclass's ``create_inputs``) and starts the :class:`~kd_depth_ros.depth_worker.
   LatestFrameWorker`; deactivate: unsubscribes and stops it; cleanup: frees the model (and CUDA memory).
 
@@ -185,8 +186,14 @@ class DepthNodeBase(LifecycleNode):
         elif values["publish_uncertainty"]:
             self.get_logger().info("the model has no uncertainty output: 'uncertainty' is not advertised")
         self.extra_publishers(qos)
-        self.worker = LatestFrameWorker(self._process_timed, self._on_worker_error)
+        self.worker = LatestFrameWorker(self._process_timed, self._on_worker_error,
+                                        queue_size=values["frame_queue_size"])
         self.status.worker_alive = True
+        self.status.extra["backend"] = predictor.backend_note or f"backend {predictor.backend}"
+        if predictor.backend_fallback:
+            self.get_logger().warning(predictor.backend_note)
+        elif predictor.backend_note:
+            self.get_logger().info(predictor.backend_note)
         self.get_logger().info(f"configured: {predictor.describe()}")
         return super().on_configure(state)
 
@@ -201,6 +208,7 @@ class DepthNodeBase(LifecycleNode):
             options["model_card"] = os.path.expanduser(values["model_card"])
         predictor = DepthPredictor(
             path, device=values["device"], precision=values["precision"], backend=values["backend"],
+            cpu_backend="onnxruntime",  # backend 'auto' on a CPU: a checked in-memory ONNX export (issue 19)
             output="model", scale_mode=values["scale_mode"], scale_factor=values["scale_factor"],
             camera_height=values["camera_height"] or None,
             input_size=(values["input_height"], values["input_width"]) if values["input_width"] else None, **options)
@@ -268,6 +276,9 @@ class DepthNodeBase(LifecycleNode):
         if self.worker is not None:
             self._supervise(self.worker)
             self.status.dropped_frames = self.worker.dropped
+            self.status.extra["frame queue"] = (f"{self.worker.capacity} of {self.worker.queue_size}"
+                                                + ("" if self.worker.keeping_up() else
+                                                   " (inference slower than the input: newest frame only)"))
         self.status.failure_window_s = self.values["failure_window_s"]
         self.status.failure_error_s = self.values["failure_error_s"]
         self._diagnostics_pub.publish(self.status.to_msg(self.get_clock().now().to_msg(), now))

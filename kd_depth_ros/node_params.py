@@ -35,8 +35,15 @@ COMMON_SPECS: tuple[ParamSpec, ...] = (
               pattern=DEVICE_PATTERN, pattern_help="'auto', 'cpu', 'cuda' or 'cuda:N'", read_only=True),
     ParamSpec("precision", "fp32", "network precision (fp16 needs CUDA)", choices=("fp32", "fp16", "bf16"),
               read_only=True),
-    ParamSpec("backend", "auto", "inference runtime; auto picks by file type",
+    ParamSpec("backend", "auto", "inference runtime. auto: a .safetensors model runs with ONNX Runtime on a CPU "
+              "(exported in memory at configure and checked once against PyTorch; PyTorch, with the reason logged, "
+              "when the export or the check fails) and with PyTorch on CUDA; an .onnx / .torchscript export with its "
+              "own runtime. torch / onnxruntime / torchscript force one",
               choices=("auto", "torch", "torchscript", "onnxruntime"), read_only=True),
+    ParamSpec("frame_queue_size", 2, "images that may wait for the inference thread while it keeps up with the "
+              "camera (a short stall then costs no frame); a model slower than the camera gets the newest image "
+              "only, so latency stays about one inference time. When full the oldest is dropped (counted as "
+              "'frames dropped'); 1 = the newest image only, always", min=1, max=30, read_only=True),
     ParamSpec("warmup", True, "run the network once on configure so the first frame is not slow", read_only=True),
     ParamSpec("input_width", 0, "network input width in pixels; 0 = the model's (rounded to its size multiple; "
               "torch backends only, exports have a fixed size)", min=0, max=8192, read_only=True),

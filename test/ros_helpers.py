@@ -8,7 +8,8 @@ every run its own ``ROS_DOMAIN_ID`` on loopback. Models with a known output: :fu
 ONNX export whose depth is an affine function of each pixel's colour, see :class:`PixelModel`, so channel
 order, left/right, resize and focal/baseline scaling all show in the published values) and
 :func:`write_constant_model` (a released ``.safetensors`` model with all weights zero, for the torch path).
-:func:`faulty_node_command` starts a node whose model backend fails on chosen frames (fault injection).
+:func:`faulty_node_command` starts a node whose model backend fails on chosen frames (fault injection);
+:func:`module_probe_command` starts the real node and reports at exit which heavy modules it imported.
 """
 from __future__ import annotations
 
@@ -215,6 +216,19 @@ def run_faulty_node(executable: str) -> int:
     if hasattr(DepthPredictor, "predict_stereo"):
         DepthPredictor.predict_stereo = faulty(DepthPredictor.predict_stereo)
     return importlib.import_module(NODE_MODULES[executable]).main(sys.argv)
+
+
+MODULES_AT_EXIT = "modules loaded at exit:"
+"""The line :func:`module_probe_command` prints when the node's ``main()`` has returned."""
+
+
+def module_probe_command(executable: str, modules: tuple[str, ...] = ("torch",)) -> list[str]:
+    """``python -c`` running ``executable``'s real ``main()`` (nothing patched); when it returns (SIGINT), prints
+    ``modules loaded at exit: <those of modules in sys.modules>`` (empty after the colon: none was imported)."""
+    code = (f"import importlib, sys; rc = importlib.import_module({NODE_MODULES[executable]!r}).main(sys.argv); "
+            f"print({MODULES_AT_EXIT!r}, ','.join(m for m in {tuple(modules)!r} if m in sys.modules), flush=True); "
+            "sys.exit(rc)")
+    return [sys.executable, "-c", code]
 
 
 def _ros_value(value: Any) -> str:

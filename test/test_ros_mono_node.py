@@ -5,7 +5,7 @@ The model is ros_helpers.PixelModel as an ONNX export at 32x24: per pixel depth 
 64x48 test image is made of 2x2 tiles (R = 8 * tile column, B = 10 * tile row, G = 100), so the network sees
 the tile grid exactly and every published value is worked out by hand: a swapped channel order, a wrong
 resize or a missing focal scale changes them. Also unit tests of the pieces the node is made of: parameters,
-the newest-frame-wins worker, diagnostics, the QoS check, the configure error line.
+the frame-queue worker (newest frames kept, oldest first), diagnostics, the QoS check, the configure error line.
 """
 from __future__ import annotations
 
@@ -65,6 +65,9 @@ def test_parameter_errors_name_the_parameter_and_range():
         coerce(specs["device"], "gpu")
     assert coerce(specs["device"], "cuda:1") == "cuda:1"
     assert coerce(specs["max_depth"], 80) == 80.0 and isinstance(coerce(specs["max_depth"], 80), float)
+    with pytest.raises(ParameterError, match=r"^parameter 'frame_queue_size' = 0: expected an integer in \[1, 30\]$"):
+        coerce(specs["frame_queue_size"], 0)
+    assert specs["frame_queue_size"].default == 2 and specs["backend"].default == "auto"
     with pytest.raises(ParameterError, match="parameter 'publish_points' = 1: expected true or false"):
         coerce(specs["publish_points"], 1)
     with pytest.raises(ParameterError, match=r"parameter 'x' = 2.5: expected an integer"):
@@ -79,7 +82,7 @@ def test_parameter_errors_name_the_parameter_and_range():
         check_common({**values, "scale_mode": "ground_plane"})
 
 
-# --------------------------------------------------------------------------- unit: newest frame wins
+# --------------------------------------------------------------------------- unit: the frame queue (newest frames kept)
 def test_worker_keeps_only_the_newest_frame_and_counts_drops():
     release = threading.Event()
     started = threading.Event()
@@ -109,6 +112,58 @@ def test_worker_keeps_only_the_newest_frame_and_counts_drops():
         worker.submit(6)
         assert worker.wait_idle(10)
         assert done == [0, 3, 6] and [str(e) for e in errors] == ["a bad frame"] and worker.processed == 4
+    finally:
+        worker.stop()
+
+
+def test_a_queue_of_two_keeps_the_two_newest_frames_oldest_first():
+    """What the nodes run (frame_queue_size 2): a frame that arrives while the thread is late is still answered;
+    the single slot (queue_size 1, above) would have dropped it."""
+    release, started = threading.Event(), threading.Event()
+    done: list[int] = []
+
+    def process(item: int) -> None:
+        started.set()
+        if item == 0:
+            assert release.wait(10)
+        done.append(item)
+
+    worker = LatestFrameWorker(process, queue_size=2)
+    worker.start()
+    try:
+        worker.submit(0)
+        assert started.wait(10)
+        assert worker.submit(1) is False and worker.submit(2) is False and worker.pending == 2
+        assert worker.submit(3) is True  # full: 1, the oldest waiting, is dropped
+        release.set()
+        assert worker.wait_idle(10)
+        assert done == [0, 2, 3] and worker.dropped == 1 and worker.processed == 3
+    finally:
+        worker.stop()
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="^queue_size: expected an integer >= 1, got"):
+            LatestFrameWorker(process, queue_size=bad)
+
+
+def test_a_worker_slower_than_its_input_keeps_only_the_newest_frame():
+    """Persistent overload (process 60 ms, a frame every ~5 ms): the queue shrinks to one, so no frame waits behind
+    older ones (latency ~ one inference time, as newest-frame-wins); once the input slows down the queue is back."""
+    done: list[int] = []
+    worker = LatestFrameWorker(lambda item: (time.sleep(0.06), done.append(item)), queue_size=3)
+    worker.start()
+    try:
+        assert worker.keeping_up() and worker.capacity == 3  # nothing measured yet
+        for item in range(60):
+            worker.submit(item)
+            time.sleep(0.005)
+            if item >= 40:  # the medians saw the overload
+                assert not worker.keeping_up() and worker.capacity == 1 and worker.pending <= 1
+        assert worker.wait_idle(10)
+        assert done[-1] == 59 and worker.dropped > 40 and len(done) + worker.dropped == 60
+        for item in range(100, 110):  # a frame every 150 ms: keeping up again
+            worker.submit(item)
+            time.sleep(0.15)
+        assert worker.keeping_up() and worker.capacity == 3
     finally:
         worker.stop()
 
@@ -419,6 +474,46 @@ def close(context, node) -> None:
 
     node.destroy_node()
     rclpy.try_shutdown(context=context)
+
+
+@pytest.mark.parametrize("queue, published, dropped", [(None, 3, 0), (1, 2, 1)])
+def test_a_burst_while_inference_is_late_is_answered_in_full_by_default(tmp_path, queue, published, dropped):
+    """The real node (in process): inference is held up (its predictor lock taken, as a scheduling hiccup would)
+    while two more frames arrive. The default frame_queue_size (2) answers all three; a single slot drops one."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from kd_depth_ros.node_base import Frame
+
+    model = write_pixel_model(tmp_path / "pixel.onnx", focal_length_px=12.5)
+    context, node = in_process_node({"model_path": str(model), "publish_points": False,
+                                     **({} if queue is None else {"frame_queue_size": queue})})
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert node.worker.queue_size == (queue or 2)
+        frames = []
+        for i in range(3):
+            stamp = 7_000_000_000 + i * 100_000_000
+            node._on_camera_info(camera_info(stamp, FRAME, W, H, FX, FY, CX, CY))
+            frames.append(Frame((rgb_frame(stamp),), ()))
+        with node.predictor._lock:  # the inference thread will wait in predict()
+            node.worker.submit(frames[0])
+            assert _wait_for(lambda: node.worker.pending == 0)  # the thread took frame 0 and is stuck on the lock
+            node.worker.submit(frames[1])
+            node.worker.submit(frames[2])
+        assert node.worker.wait_idle(30)
+        assert node.status.output_rate.count == published and node.worker.dropped == dropped
+        assert node.status.failure_counts() == {}
+    finally:
+        node._release()
+        close(context, node)
+
+
+def _wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return predicate()
 
 
 def test_a_model_without_uncertainty_does_not_advertise_it(tmp_path):

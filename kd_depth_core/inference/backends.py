@@ -6,6 +6,9 @@
 :class:`~kd_depth_core.inference.deploy.DeployModule` (network → depth), eagerly,
 traced, or exported to ONNX. Backends hold no per-call state; callers serialise ``run`` if
 the runtime needs it (the predictor holds a lock).
+
+torch is imported inside the torch and TorchScript paths only (and ``deploy`` with it): ONNX Runtime
+serves an ``.onnx`` export without loading torch (``test/test_lean_runtime.py``).
 """
 from __future__ import annotations
 
@@ -13,28 +16,26 @@ import copy
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
-from kd_depth_core.inference.deploy import (
-    ONNX_METADATA_KEY,
-    TORCHSCRIPT_METADATA_FILE,
-    TORCHSCRIPT_SUFFIX,
-    DeployModule,
-    onnx_bytes,
-    quiet_torch_deprecations,
-    trace_torchscript,
-)
-from kd_depth_core.models.io import ModelFileError, ModelMetadata
+from kd_depth_core.inference.formats import ONNX_METADATA_KEY, TORCHSCRIPT_METADATA_FILE, TORCHSCRIPT_SUFFIX
+from kd_depth_core.model_metadata import ModelFileError, ModelMetadata
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 BACKENDS = ("torch", "torchscript", "onnxruntime")
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = ("fp32", "fp16", "bf16")
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """'auto' -> cuda when available, else cpu; 'cuda' without CUDA is an error."""
+    import torch
+
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
@@ -46,11 +47,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    import torch
+
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("precision 'fp16' needs a CUDA device; on the CPU use 'fp32' or 'bf16'")
-    return PRECISIONS[precision]
+    return getattr(torch, _DTYPES[precision])
 
 
 class Backend(ABC):
@@ -77,19 +80,43 @@ class TorchBackend(Backend):
         self.name, self.device, self.precision = name, str(device), precision
         self.input_size = input_size
 
-    @torch.inference_mode()
     def run(self, *inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        tensors = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.torch_device, non_blocking=True)
-                   for x in inputs]
-        outputs = self.module(*tensors)
+        import torch
+
+        with torch.inference_mode():
+            tensors = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.torch_device,
+                                                                                      non_blocking=True)
+                       for x in inputs]
+            outputs = self.module(*tensors)
         depth = outputs[0].float().cpu().numpy()
         uncertainty = outputs[1].float().cpu().numpy() if len(outputs) > 1 else None
         return depth, uncertainty
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (``os.sched_getaffinity``: taskset, cpusets), else ``os.cpu_count()``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def onnx_threads(cpu_threads: int = 0) -> int:
+    """Intra-op threads for an ONNX Runtime session: ``cpu_threads`` when > 0; 0 = ONNX Runtime's default (one per
+    physical core of the machine), except in a process restricted to fewer CPUs (taskset, cpuset), which gets one
+    thread per CPU it may use. ONNX Runtime counts the machine's cores, not the process's: two spinning threads on
+    one allowed core ran the student 2.3x slower (32 vs 14 ms, docs/benchmarks.md, issue 19 item 8); torch already follows
+    the affinity."""
+    if cpu_threads > 0:
+        return int(cpu_threads)
+    usable = usable_cpus()
+    return usable if usable < (os.cpu_count() or usable) else 0
+
+
 def onnx_session(source: bytes | str, device: str = "auto", cpu_threads: int = 0):
     """An ONNX Runtime session on ``device`` ('auto': CUDA when this onnxruntime has it, 'cpu', 'cuda[:N]'),
-    ``cpu_threads`` intra-op threads (0 = its default). The one place execution providers are chosen."""
+    ``cpu_threads`` intra-op threads (0: see :func:`onnx_threads`). The one place execution providers (and CPU
+    threads) are chosen."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -105,7 +132,7 @@ def onnx_session(source: bytes | str, device: str = "auto", cpu_threads: int = 0
     else:
         raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}")
     options = ort.SessionOptions()
-    options.intra_op_num_threads = int(cpu_threads)
+    options.intra_op_num_threads = onnx_threads(int(cpu_threads))
     providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
     return ort.InferenceSession(source, sess_options=options, providers=providers)
 
@@ -117,7 +144,7 @@ class OnnxRuntimeBackend(Backend):
     precision = "fp32"
 
     def __init__(self, model: bytes | str | os.PathLike, device: str = "auto", cpu_threads: int = 0) -> None:
-        """``cpu_threads``: ONNX Runtime intra-op threads (0 = its default, one per physical core)."""
+        """``cpu_threads``: ONNX Runtime intra-op threads (0 = its default, see :func:`onnx_threads`)."""
         self.session = onnx_session(model if isinstance(model, bytes) else str(model), device, cpu_threads)
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.input_names = [item.name for item in self.session.get_inputs()]
@@ -136,6 +163,10 @@ class OnnxRuntimeBackend(Backend):
 
 def _freeze(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     """``torch.jit.freeze``: weights become constants, conv+batch-norm fold (faster inference)."""
+    import torch
+
+    from kd_depth_core.inference.deploy import quiet_torch_deprecations
+
     with quiet_torch_deprecations():
         return torch.jit.freeze(module.eval())
 
@@ -147,6 +178,8 @@ def create_backend(kind: str, model: nn.Module, metadata: ModelMetadata, device:
     ``cpu_threads`` sets ONNX Runtime's intra-op threads (0 = default); torch backends use
     ``torch.set_num_threads`` (process-wide, so it is left to the caller).
     """
+    from kd_depth_core.inference.deploy import DeployModule, onnx_bytes, trace_torchscript
+
     if kind not in BACKENDS:
         raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {kind!r}")
     size = (metadata.input_height, metadata.input_width)
@@ -186,6 +219,10 @@ def open_export(path: str | os.PathLike, device: str = "auto") -> tuple[Backend,
         backend = OnnxRuntimeBackend(proto.SerializeToString(), device=device)
         return backend, metadata
     if path.suffix == TORCHSCRIPT_SUFFIX:
+        import torch
+
+        from kd_depth_core.inference.deploy import quiet_torch_deprecations
+
         torch_device = resolve_device(device)
         extra = {TORCHSCRIPT_METADATA_FILE: ""}
         try:

@@ -10,13 +10,13 @@ the metadata mean/std must be the identity (``models.frozen.check_identity_norma
   (B,1,H,W) standard deviation of depth in metres (exp of ``log_sigma``).
 
 Also here: the serialised forms both ``inference.export`` (files) and ``inference.backends``
-(sessions) build from it, :func:`onnx_bytes` and :func:`trace_torchscript`, and the names they
-store the metadata under. Import direction: export -> backends -> deploy (no circle).
+(sessions) build from it, :func:`onnx_bytes` and :func:`trace_torchscript`; the names they store the
+metadata under live in the torch-free :mod:`kd_depth_core.inference.formats` (re-exported here).
+Import direction: export -> backends -> deploy -> formats (no circle).
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import warnings
 
@@ -24,13 +24,17 @@ import torch
 from torch import nn
 
 from kd_depth_core.geometry import disp_to_depth
+from kd_depth_core.inference.formats import (  # noqa: F401  (re-exported: the names callers import from here)
+    ONNX_METADATA_KEY,
+    ONNX_OPSET,
+    TORCHSCRIPT_METADATA_FILE,
+    TORCHSCRIPT_SUFFIX,
+    input_names,
+    metadata_at_size,
+    output_names,
+)
 from kd_depth_core.models.frozen import check_identity_normalisation
 from kd_depth_core.models.io import ModelMetadata
-
-ONNX_OPSET = 17
-ONNX_METADATA_KEY = "kd_depth"
-TORCHSCRIPT_METADATA_FILE = "kd_depth.json"
-TORCHSCRIPT_SUFFIX = ".torchscript"
 
 
 class DeployModule(nn.Module):
@@ -59,28 +63,6 @@ class DeployModule(nn.Module):
         if "log_sigma" not in outputs:
             raise RuntimeError("the model metadata says has_uncertainty=true but the network returned no 'log_sigma'")
         return depth, torch.exp(outputs["log_sigma"].float())
-
-
-def input_names(metadata: ModelMetadata) -> list[str]:
-    return ["left", "right"] if metadata.stereo else ["image"]
-
-
-def output_names(metadata: ModelMetadata) -> list[str]:
-    return ["depth", "uncertainty"] if metadata.has_uncertainty else ["depth"]
-
-
-def metadata_at_size(metadata: ModelMetadata, height: int | None, width: int | None) -> ModelMetadata:
-    """Metadata for running the network at ``height``×``width``: input size set, training fx rescaled to it."""
-    height = metadata.input_height if height is None else int(height)
-    width = metadata.input_width if width is None else int(width)
-    for name, value in (("height", height), ("width", width)):
-        if value < metadata.size_multiple or value % metadata.size_multiple:
-            raise ValueError(f"{name} {value}: expected a positive multiple of the model's size_multiple "
-                             f"({metadata.size_multiple})")
-    focal = metadata.focal_length_px
-    if focal is not None:
-        focal = focal * width / metadata.input_width
-    return dataclasses.replace(metadata, input_height=height, input_width=width, focal_length_px=focal)
 
 
 def example_inputs(metadata: ModelMetadata, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kd_depth_core.inference.backends import open_export
+from kd_depth_core.inference.backends import Backend, open_export
 from kd_depth_core.inference.deploy import (  # noqa: F401  (re-exported: the names callers import from here)
     ONNX_METADATA_KEY,
     ONNX_OPSET,
@@ -97,23 +97,30 @@ class ExportCheck:
         return self.max_rel_error <= rel_tolerance
 
 
-def verify_export(path: str | os.PathLike, model: nn.Module, metadata: ModelMetadata, batch: int = 2,
-                  seed: int = 0) -> ExportCheck:
-    """Run the export (ONNX Runtime on CPU, or TorchScript) and eager ``DeployModule`` on the same random batch."""
-    backend, export_meta = open_export(path, device="cpu")
-    inputs = example_inputs(export_meta, batch=batch, seed=seed)
-    deploy = DeployModule(model, export_meta).eval()
+def check_backend(backend: Backend, model: nn.Module, metadata: ModelMetadata, batch: int = 2,
+                  seed: int = 0, where: str = "the export") -> ExportCheck:
+    """Run ``backend`` (an export's runtime) and eager ``DeployModule(model, metadata)`` on the same deterministic
+    random batch at the metadata's input size; the largest differences over every output."""
+    inputs = example_inputs(metadata, batch=batch, seed=seed)
+    deploy = DeployModule(model, metadata).eval()
     with torch.no_grad():
         expected = [t.numpy() for t in deploy(*inputs)]
     depth, uncertainty = backend.run(*(x.numpy() for x in inputs))
     actual = [depth] + ([uncertainty] if uncertainty is not None else [])
     if len(actual) != len(expected):
-        raise RuntimeError(f"{path}: the export has {len(actual)} outputs, eager has {len(expected)}")
+        raise RuntimeError(f"{where}: {len(actual)} outputs where eager has {len(expected)}")
     max_abs = max_rel = 0.0
     for got, want in zip(actual, expected):
         if got.shape != want.shape:
-            raise RuntimeError(f"{path}: output shape {got.shape} differs from eager {want.shape}")
+            raise RuntimeError(f"{where}: output shape {got.shape} differs from eager {want.shape}")
         diff = np.abs(got.astype(np.float64) - want)
         max_abs = max(max_abs, float(diff.max()))
         max_rel = max(max_rel, float((diff / np.maximum(np.abs(want), 1e-3)).max()))  # 1 mm floor
     return ExportCheck(max_abs, max_rel, batch)
+
+
+def verify_export(path: str | os.PathLike, model: nn.Module, metadata: ModelMetadata, batch: int = 2,
+                  seed: int = 0) -> ExportCheck:
+    """Run the export (ONNX Runtime on CPU, or TorchScript) and eager ``DeployModule`` on the same random batch."""
+    backend, export_meta = open_export(path, device="cpu")
+    return check_backend(backend, model, export_meta, batch=batch, seed=seed, where=str(path))

@@ -452,7 +452,7 @@ def is_foreign_onnx(path: str | os.PathLike) -> bool:
     """True for a readable ``.onnx`` without kd-depth metadata (``kd-depth export`` files carry it)."""
     import onnx
 
-    from kd_depth_core.inference.export import ONNX_METADATA_KEY
+    from kd_depth_core.inference.formats import ONNX_METADATA_KEY
 
     try:
         proto = onnx.load(str(path), load_external_data=False)
@@ -469,7 +469,7 @@ def foreign_metadata(path: str | os.PathLike, card: ModelCard, input_size: tuple
     length; mean 0 / std 1 (the inputs the predictor hands over are RGB in [0, 1]: the backend applies the
     card's normalisation); the card itself is kept in ``training_config``.
     """
-    from kd_depth_core.models.io import ModelMetadata
+    from kd_depth_core.model_metadata import ModelMetadata
 
     height, width = input_size
     multiple = card.size_multiple if card.size_multiple and not (height % card.size_multiple

@@ -17,6 +17,17 @@ near/far edge is not smeared into depths neither surface has; the uncertainty ma
 bilinearly. Evaluation asks for ``output='model'`` and resizes as its protocol says. Threading: ``predict`` keeps no per-call state on the
 predictor, and the backend call is serialised by a lock, so one thread may predict while
 another prepares the next frame.
+
+**Backend 'auto'**: exports run with their runtime (``.onnx`` ONNX Runtime, ``.torchscript`` TorchScript); a
+PyTorch model (``.safetensors`` or a module) runs with PyTorch, except that ``cpu_backend='onnxruntime'`` (what
+the ROS nodes pass) serves it on a CPU through ONNX Runtime: exported to ONNX in memory, run once against eager
+PyTorch on a deterministic random input, kept when every output agrees within ``onnx_tolerance`` (relative, 1 mm
+floor), else served with PyTorch; :attr:`DepthPredictor.backend_note` says which and why. On CUDA, and for fp16 /
+bf16, 'auto' stays PyTorch.
+
+**torch only where needed**: this module imports neither torch nor the model zoo at module level. An ``.onnx``
+export (kd-depth or foreign) is served by ONNX Runtime without importing torch; ``.safetensors`` models,
+TorchScript and modules import it when they are loaded.
 """
 from __future__ import annotations
 
@@ -25,14 +36,13 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from torch import nn
 
 from kd_depth_core.geometry import scale_intrinsics
-from kd_depth_core.inference.backends import BACKENDS, Backend, create_backend, open_export
-from kd_depth_core.inference.export import TORCHSCRIPT_SUFFIX, metadata_at_size
+from kd_depth_core.inference.backends import BACKENDS, Backend, create_backend, open_export, resolve_device
 from kd_depth_core.inference.foreign import (
     ForeignOnnxBackend,
     foreign_metadata,
@@ -40,11 +50,20 @@ from kd_depth_core.inference.foreign import (
     load_card,
     raw_to_depth,
 )
+from kd_depth_core.inference.formats import TORCHSCRIPT_SUFFIX, metadata_at_size
 from kd_depth_core.inference.preprocess import Preprocessor, resize_map, round_to_multiple
 from kd_depth_core.inference.scale import ScaleInfo, ScaleStrategy, make_scale
-from kd_depth_core.models.io import ModelMetadata, load_model
+from kd_depth_core.model_metadata import ModelMetadata
+
+if TYPE_CHECKING:
+    from torch import nn
 
 OUTPUT_RESOLUTIONS = ("input", "model")
+CPU_BACKENDS = ("torch", "onnxruntime")
+"""What ``backend='auto'`` may run a PyTorch model with on a CPU (``cpu_backend``)."""
+ONNX_TOLERANCE = 1e-3
+"""Default ``onnx_tolerance``: largest relative difference (1 mm floor) between an in-memory ONNX export and
+PyTorch on the check input (float32 kernels of the two runtimes differ by ~1e-6)."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +132,13 @@ class DepthPredictor:
             disparity is inverted to depth up to scale (its unknown shift taken as 0) before that scale is
             applied. Metric outputs use 'focal' with the card's ``output.focal_length_px`` ('auto' = focal
             when the card gives it and K is known).
-        cpu_threads: ONNX Runtime intra-op threads for foreign models (0 = its default).
+        cpu_threads: ONNX Runtime intra-op threads (0 = its default) for foreign models and PyTorch models served
+            through ONNX Runtime.
+        cpu_backend: what ``backend='auto'`` runs a PyTorch model with when the device is the CPU: 'torch'
+            (default) or 'onnxruntime' (exported in memory and checked against PyTorch, PyTorch when the export
+            or the check fails; see the module docstring). The ROS nodes pass 'onnxruntime'.
+        onnx_tolerance: largest relative difference (1 mm floor) the check of an in-memory ONNX export accepts;
+            an explicit ``backend='onnxruntime'`` whose export exceeds it is an error.
     """
 
     def __init__(self, model: str | os.PathLike | tuple[nn.Module, ModelMetadata], device: str = "auto",
@@ -122,11 +147,22 @@ class DepthPredictor:
                  scale_factor: float | None = None, camera_height: float | None = None,
                  input_size: tuple[int, int] | None = None, bgr: bool = False,
                  ground_options: dict | None = None, baseline: float | None = None,
-                 model_card: str | os.PathLike | None = None, cpu_threads: int = 0) -> None:
+                 model_card: str | os.PathLike | None = None, cpu_threads: int = 0, cpu_backend: str = "torch",
+                 onnx_tolerance: float = ONNX_TOLERANCE) -> None:
         if output not in OUTPUT_RESOLUTIONS:
             raise ValueError(f"output: expected one of {', '.join(OUTPUT_RESOLUTIONS)}, got {output!r}")
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"backend: expected 'auto' or one of {', '.join(BACKENDS)}, got {backend!r}")
+        if cpu_backend not in CPU_BACKENDS:
+            raise ValueError(f"cpu_backend: expected one of {', '.join(CPU_BACKENDS)}, got {cpu_backend!r}")
+        if isinstance(onnx_tolerance, bool) or not isinstance(onnx_tolerance, int | float) \
+                or not 0 <= onnx_tolerance < float("inf"):
+            raise ValueError(f"onnx_tolerance: expected a finite number >= 0, got {onnx_tolerance!r}")
+        self._cpu_backend, self._onnx_tolerance, self._cpu_threads = cpu_backend, float(onnx_tolerance), cpu_threads
+        self.backend_note = ""
+        """How the backend was chosen when 'auto' had a choice, or why an ONNX export was not used (one line)."""
+        self.backend_fallback = False
+        """True when 'auto' meant ONNX Runtime but the export or its check failed (``backend_note`` says why)."""
         self.source = "(model, metadata)"
         self.num_parameters: int | None = None
         self.card = None
@@ -147,6 +183,8 @@ class DepthPredictor:
             self.metadata = foreign_metadata(path, self.card, self._backend.input_size)
             scale_mode = self._foreign_scale_mode(scale_mode)
         elif isinstance(model, tuple):
+            from torch import nn
+
             network, metadata = model
             if not isinstance(network, nn.Module) or not isinstance(metadata, ModelMetadata):
                 raise TypeError("model: expected a path or a (nn.Module, ModelMetadata) tuple")
@@ -165,6 +203,8 @@ class DepthPredictor:
                     raise ValueError(f"{path}: exports have a fixed input size; re-export with --height/--width")
                 self._backend, self.metadata = open_export(path, device=device)
             else:
+                from kd_depth_core.models.io import load_model
+
                 network, metadata = load_model(path, device="cpu")
                 self._backend, self.metadata = self._build(network, metadata, backend, device, precision, input_size)
         meta = self.metadata
@@ -202,8 +242,52 @@ class DepthPredictor:
             height, width = (round_to_multiple(int(v), metadata.size_multiple) for v in input_size)
             metadata = metadata_at_size(metadata, height, width)
         self.num_parameters = sum(p.numel() for p in network.parameters())
+        if backend == "onnxruntime":
+            return self._checked_onnx(network, metadata, device, precision, required=True), metadata
+        if backend == "auto" and self._cpu_backend == "onnxruntime":
+            if precision != "fp32":
+                self.backend_note = f"backend 'auto': precision {precision} runs with PyTorch"
+            elif resolve_device(device).type != "cpu":
+                self.backend_note = "backend 'auto': PyTorch on CUDA"
+            elif not getattr(network, "onnx_exportable", True):
+                self.backend_note = (f"backend 'auto': {metadata.model_name} runs parts outside a graph "
+                                     "(e.g. OpenCV SGBM) and is served with PyTorch")
+            else:
+                onnx = self._checked_onnx(network, metadata, "cpu", precision, required=False)
+                if onnx is not None:
+                    return onnx, metadata
         kind = "torch" if backend == "auto" else backend
         return create_backend(kind, network, metadata, device, precision), metadata
+
+    def _checked_onnx(self, network: nn.Module, metadata: ModelMetadata, device: str, precision: str,
+                      required: bool) -> Backend | None:
+        """``network`` exported to ONNX in memory and checked once against eager PyTorch. ``required`` (an explicit
+        backend 'onnxruntime'): a failure raises; else it is None with the reason in :attr:`backend_note`."""
+        from kd_depth_core.inference.export import check_backend
+
+        try:
+            onnx = create_backend("onnxruntime", network, metadata, device, precision, cpu_threads=self._cpu_threads)
+            check = check_backend(onnx, network, metadata, batch=1, where="the in-memory ONNX export")
+        except Exception as exc:  # any exporter / checker / runtime failure: PyTorch serves the model instead
+            if required:
+                raise
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+            self.backend_note = (f"backend 'auto': the ONNX export failed ({type(exc).__name__}: {reason}); "
+                                 "serving the model with PyTorch")
+            self.backend_fallback = True
+            return None
+        measured = f"max relative error {check.max_rel_error:.2g}, tolerance {self._onnx_tolerance:g}"
+        if check.passed(self._onnx_tolerance):
+            self.backend_note = (f"backend 'auto': ONNX Runtime on the CPU (exported in memory; matches PyTorch, "
+                                 f"{measured})")
+            return onnx
+        if required:
+            raise ValueError(f"backend: the in-memory ONNX export of {metadata.model_name} differs from PyTorch "
+                             f"({measured}, max abs {check.max_abs_error:.3g} m); use backend 'torch'")
+        self.backend_note = (f"backend 'auto': the in-memory ONNX export differs from PyTorch ({measured}, max abs "
+                             f"{check.max_abs_error:.3g} m); serving the model with PyTorch")
+        self.backend_fallback = True
+        return None
 
     # ------------------------------------------------------------------ info
     @property
