@@ -46,6 +46,7 @@ from kd_depth_core.data.synthetic.generate import SynthSpec, generate_dataset  #
 from kd_depth_core.distill.grouping import ClassGrouping, load_grouping  # noqa: E402
 from kd_depth_core.eval.metrics import compute_depth_metrics  # noqa: E402
 from kd_depth_core.eval.protocols import get_protocol  # noqa: E402
+from kd_depth_core.eval.stats import paired_difference  # noqa: E402
 from kd_depth_core.models.io import load_model  # noqa: E402
 from kd_depth_core.train.train_cli import train_from_config  # noqa: E402
 
@@ -173,7 +174,13 @@ def main() -> int:
     parser.add_argument("--teacher-backbone", default="resnet18")
     parser.add_argument("--radius", type=int, default=3, help="boundary band half-width in pixels")
     parser.add_argument("--jump", type=float, default=0.1, help="relative depth jump that counts as a boundary")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and the segmentation teacher")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="train.seed of each plain/X-Distill student pair (default: --seed); with 2 or more "
+                             "the paired differences and their 95 %% confidence intervals are printed")
+    parser.add_argument("--proxy-weight", type=float, default=0.0,
+                        help="SGBM proxy supervision of both students (task.kwargs.proxy_weight; needs a stereo "
+                             "--mode): the improved self-supervised student of issue 18")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--out", default=None,
                         help="keep data, runs and results.json here (default: a temp folder); data and models "
@@ -217,33 +224,56 @@ def main() -> int:
 
     photometric = {"mode": args.mode, "pose_kwargs": {"backbone": args.student_backbone},
                    "min_depth": args.min_depth, "max_depth": args.max_depth}
-    plain_cfg = base_config(args, root, out, "self_supervised")
-    plain_cfg["task"] = {"name": "self_supervised", "kwargs": photometric}
-    plain_path, plain_step_s = train(plain_cfg, "self_supervised")
+    if args.proxy_weight > 0:
+        photometric.update(proxy_weight=args.proxy_weight, proxy_cache_dir=str(out / "proxy_cache"))
+    proxy = f"_proxy{args.proxy_weight:g}" if args.proxy_weight > 0 else ""
     suffix = "" if args.translator_scales == 4 else f"_scales{args.translator_scales}"
     suffix += f"_warmup{args.translator_warmup}" if args.translator_warmup else ""
-    xd_cfg = base_config(args, root, out, f"xdistill_lambda{args.weight:g}{suffix}")
-    xd_cfg["task"] = {"name": "xdistill", "kwargs": {**photometric, "teacher_path": str(teacher_path),
-                                                      "grouping": "synthetic", "cross_task_weight": args.weight,
-                                                      "translator_scales": args.translator_scales,
-                                                      "translator_warmup_steps": args.translator_warmup}}
-    xd_path, xd_step_s = train(xd_cfg, f"xdistill (lambda {args.weight:g})")
-
     test = SequenceDataset(root, "test", offsets=(), size=args.size, load_depth=True, load_semantic=True)
+    seeds = args.seeds if args.seeds else [args.seed]
+    per_seed = []
+    for seed in seeds:
+        tag = proxy + ("" if seed == args.seed and not args.seeds else f"_seed{seed}")
+        plain_cfg = base_config(args, root, out, f"self_supervised{tag}")
+        plain_cfg["task"] = {"name": "self_supervised", "kwargs": photometric}
+        plain_cfg["train"]["seed"] = seed
+        plain_path, plain_step_s = train(plain_cfg, f"self_supervised{tag}")
+        xd_cfg = base_config(args, root, out, f"xdistill_lambda{args.weight:g}{suffix}{tag}")
+        xd_cfg["task"] = {"name": "xdistill", "kwargs": {**photometric, "teacher_path": str(teacher_path),
+                                                          "grouping": "synthetic", "cross_task_weight": args.weight,
+                                                          "translator_scales": args.translator_scales,
+                                                          "translator_warmup_steps": args.translator_warmup}}
+        xd_cfg["train"]["seed"] = seed
+        xd_path, xd_step_s = train(xd_cfg, f"xdistill (lambda {args.weight:g}){tag}")
+        per_seed.append({"seed": seed, "self_supervised": score_student(plain_path, test, grouping, args),
+                         "xdistill": score_student(xd_path, test, grouping, args),
+                         "step_s": {"self_supervised": plain_step_s, "xdistill": xd_step_s}})
+
     teacher_scores = score_teacher(teacher_path, test, grouping)
-    results = {"self_supervised": score_student(plain_path, test, grouping, args),
-               "xdistill": score_student(xd_path, test, grouping, args)}
     load_after = os.getloadavg()
     print(f"\nheld-out test: {len(test)} frames; teacher pixel accuracy {teacher_scores['class_accuracy']:.3f} "
           f"(classes), {teacher_scores['group_accuracy']:.3f} (groups); boundary band = "
-          f"{results['xdistill']['boundary_fraction']:.0%} of valid pixels (radius {args.radius} px)")
-    print(f"{'student':<18}{'AbsRel':>9}{'AbsRel@bnd':>12}{'d1':>8}{'d1@bnd':>9}{'RMSE':>8}{'train s/step':>14}")
-    for name, step_s in (("self_supervised", plain_step_s), ("xdistill", xd_step_s)):
-        r = results[name]
-        print(f"{name:<18}{r['abs_rel']:>9.4f}{r['abs_rel_boundary']:>12.4f}{r['a1']:>8.3f}{r['a1_boundary']:>9.3f}"
-              f"{r['rmse']:>8.3f}{step_s:>14.2f}")
+          f"{per_seed[0]['xdistill']['boundary_fraction']:.0%} of valid pixels (radius {args.radius} px)")
+    print(f"{'student':<18}{'seed':>5}{'AbsRel':>9}{'AbsRel@bnd':>12}{'d1':>8}{'d1@bnd':>9}{'RMSE':>8}"
+          f"{'train s/step':>14}")
+    for row in per_seed:
+        for name in ("self_supervised", "xdistill"):
+            r = row[name]
+            print(f"{name:<18}{row['seed']:>5}{r['abs_rel']:>9.4f}{r['abs_rel_boundary']:>12.4f}{r['a1']:>8.3f}"
+                  f"{r['a1_boundary']:>9.3f}{r['rmse']:>8.3f}{row['step_s'][name]:>14.2f}")
+    paired = {}
+    if len(per_seed) >= 2:
+        print(f"paired X-Distill - plain over {len(per_seed)} seeds: mean [95 % confidence interval]")
+        for key in ("abs_rel", "abs_rel_boundary", "rmse"):
+            paired[key] = paired_difference([r["xdistill"][key] for r in per_seed],
+                                            [r["self_supervised"][key] for r in per_seed])
+            d = paired[key]
+            print(f"  {key:<18}{d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
+                  f"  ({'below 0' if d['ci_high'] < 0 else 'above 0' if d['ci_low'] > 0 else 'contains 0'})")
     print(f"load average after (1/5/15 min): {load_after[0]:.1f} {load_after[1]:.1f} {load_after[2]:.1f}")
+    results = {"self_supervised": per_seed[0]["self_supervised"], "xdistill": per_seed[0]["xdistill"]}
     report = {"args": {k: v for k, v in vars(args).items()}, "teacher": teacher_scores, "students": results,
+              "per_seed": per_seed, "paired": paired,
               "load_before": load_before, "load_after": load_after}
     (out / "results.json").write_text(json.dumps(report, indent=2, default=str))
     print(f"results: {out / 'results.json'}")

@@ -13,12 +13,7 @@ TEACHER_INFO = [{"num_chs": 64, "reduction": 2}, {"num_chs": 68, "reduction": 4}
                 {"num_chs": 257, "reduction": 16}]  # no stride 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def test_pair_stages_default_explicit_and_errors():

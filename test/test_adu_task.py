@@ -24,13 +24,7 @@ TEACHER_KWARGS = {"backbone": "resnet10t", "max_disparity": 16, "match_channels"
                   "aggregation_channels": 16, "refine_channels": 8, "uncertainty": True}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two intra-op threads on a shared 2-core machine spin against each other (10-100x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +175,49 @@ def test_shipped_config_builds_the_task(world):
     metadata = task.deploy_metadata(focal_length_px=100.0)
     assert (metadata.input_height, metadata.input_width) == tuple(cfg.data.size) == (192, 640)
     assert metadata.scale_kind == "metric" and metadata.has_uncertainty and not metadata.stereo
+
+
+def test_a_teacher_guided_by_sgbm_takes_the_cached_proxy_as_its_hints(world, monkeypatch):
+    torch.manual_seed(0)
+    guided = create_model("stereo_teacher", **TEACHER_KWARGS, classical_prior=True, local_matching=0)
+    guided.set_rig(fx=0.58 * SIZE[1], baseline=0.54, width=SIZE[1], min_depth=0.5, max_depth=80.0)
+    path = world["base"] / "guided.safetensors"
+    save_model(path, guided, ModelMetadata.from_model(guided, input_height=SIZE[0], input_width=SIZE[1],
+                                                      min_depth=0.5, max_depth=80.0, scale_kind="metric",
+                                                      focal_length_px=None))
+    cfg = make_cfg(world, "guided", task={"teacher_path": str(path), "photometric_weight": 0.0})
+    task = create_task("adu_depth", cfg).eval()
+    proxy = task.dataset_options()["proxy"]
+    assert proxy.settings == guided.prior_settings() and proxy.cache_dir == Path(cfg.train.out_dir) / "proxy_cache"
+
+    # a hand-made proxy: 5 px on every other column -> fx*B / 5 = 0.58*96*0.54 / 5 = 6.0134 m everywhere
+    image, right = torch.rand(1, 3, *SIZE), torch.rand(1, 3, *SIZE)
+    hint = torch.zeros(1, 1, *SIZE)
+    hint[..., ::2] = 5.0
+    depth = task.teacher.predict(image, right, proxy_disparity=hint)["depth"]
+    assert float((depth - 6.0134).abs().max()) < 0.1
+    assert float((task.teacher.predict(image, right)["depth"] - 6.0134).abs().median()) > 0.5  # its own SGBM
+    with pytest.raises(ValueError, match=r"proxy_disparity \(32, 48\) is not at the teacher's input size"):
+        task.teacher.predict(image, right, proxy_disparity=hint[..., ::2, ::2])
+
+    # the dataset attaches the real proxy; the task's step runs the teacher on it (SGBM once per frame)
+    data = SequenceDataset(cfg.data.root, cfg.data.split, offsets=(), size=cfg.data.size, stereo=True,
+                           **{k: v for k, v in task.dataset_options().items() if k != "offsets"})
+    batch = next(iter(torch.utils.data.DataLoader(data, batch_size=2)))
+    assert batch["proxy_disparity"].shape == (2, 1, *SIZE) and bool((batch["proxy_disparity"] > 0).any())
+    from kd_depth_core.models import stereo
+
+    own_sgbm = []
+    real_hints = stereo.sgbm_hints
+    monkeypatch.setattr(stereo, "sgbm_hints", lambda *a, **k: own_sgbm.append(1) or real_hints(*a, **k))
+    assert proxy.computed == 2 and np.isfinite(float(task(batch)["loss"].detach()))
+    assert own_sgbm == []  # the teacher used the batch's proxy, it ran no SGBM of its own
+    task.teacher.predict(batch["image"], batch["image_right"])
+    assert own_sgbm == [1]  # (the spy sees the teacher's own SGBM)
+    next(iter(torch.utils.data.DataLoader(data, batch_size=2)))
+    assert proxy.computed == 2 and proxy.hits == 2  # the second pass reads the cache
+
+    # a teacher at another size than the data runs its own SGBM: no proxy is asked for
+    other = make_cfg(world, "guided_other", task={"teacher_path": str(path), "photometric_weight": 0.0},
+                     data={"size": [32, 48]})
+    assert "proxy" not in create_task("adu_depth", other).dataset_options()

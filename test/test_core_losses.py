@@ -289,3 +289,16 @@ def test_masked_cross_entropy_by_hand_skips_ignored_pixels() -> None:
     assert masked_cross_entropy(logits, torch.full((1, 1, 3), 255)) == 0.0  # nothing labelled: 0, not NaN
     with pytest.raises(ValueError, match=r"labels: expected shape \(B,H,W\) = \(1, 1, 3\)"):
         masked_cross_entropy(logits, torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_mean3x3_is_the_3x3_window_mean_with_its_gradient():
+    from kd_depth_core.losses.photometric import mean3x3
+
+    x = torch.arange(20.0).reshape(1, 1, 4, 5).requires_grad_(True)
+    out = mean3x3(x)
+    # by hand: the window at the top left holds 0,1,2,5,6,7,10,11,12 -> 6; every window of a ramp is its centre
+    assert out.shape == (1, 1, 2, 3) and float(out[0, 0, 0, 0]) == pytest.approx(6.0)
+    torch.testing.assert_close(out, torch.nn.functional.avg_pool2d(x, 3, 1))
+    out.sum().backward()
+    # the corner pixel is in 1 window, the centre ones in 6 (2 rows x 3 columns): gradients 1/9 and 6/9
+    assert float(x.grad[0, 0, 0, 0]) == pytest.approx(1 / 9) and float(x.grad[0, 0, 1, 2]) == pytest.approx(6 / 9)

@@ -23,13 +23,7 @@ from kd_depth_core.train.trainer import Trainer
 SIZE = (64, 96)  # the students reach stride 32 and reflection-pad there: at least 2 rows
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two intra-op threads on a shared 2-core machine spin against each other (10-100x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

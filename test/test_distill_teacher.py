@@ -57,13 +57,7 @@ def released_teacher(path, seed: int = 0):
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two intra-op threads on a shared 2-core machine spin against each other (10-100x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def test_ensemble_mean_and_std_match_the_known_dropout_distribution():

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from foreign_fixtures import card_data, pixel_disparity_onnx, student_disparity_onnx, write_card  # noqa: E402
@@ -22,13 +21,7 @@ from kd_depth_core.inference.foreign import (  # noqa: E402
 )
 from kd_depth_core.inference.predictor import DepthPredictor  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

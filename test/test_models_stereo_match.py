@@ -27,12 +27,7 @@ TINY = {"backbone": "lcnet_050", "max_disparity": 32, "match_channels": 8, "aggr
         "refine_channels": 8}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def test_soft_argmin_of_a_peaked_volume_is_the_peak_and_its_spread_is_small():
@@ -311,3 +306,17 @@ def test_a_guided_network_is_served_with_pytorch_by_the_auto_backend():
                              has_uncertainty=True, training_config={}, created_by="test")
     predictor = DepthPredictor((model, metadata), device="cpu", cpu_backend="onnxruntime")
     assert "served with PyTorch" in predictor.backend_note and not predictor.backend_fallback
+
+
+def test_box_mean_is_the_border_clipped_window_mean():
+    from kd_depth_core.models.stereo import box_mean
+
+    x = torch.arange(12.0).reshape(1, 1, 3, 4)
+    # by hand, 3x3 clipped at the borders: corner (0,0) = mean(0,1,4,5) = 2.5; centre (1,1) = mean(0..2,4..6,8..10) = 5
+    fast = box_mean(x, 3)
+    assert float(fast[0, 0, 0, 0]) == pytest.approx(2.5) and float(fast[0, 0, 1, 1]) == pytest.approx(5.0)
+    reference = box_mean(x.clone().requires_grad_(True), 3)  # with gradients: the avg_pool2d path
+    torch.testing.assert_close(fast, reference.detach())
+    y = torch.rand(2, 3, 17, 29)
+    torch.testing.assert_close(box_mean(y, 9), torch.nn.functional.avg_pool2d(y, 9, stride=1, padding=4,
+                                                                               count_include_pad=False))

@@ -26,12 +26,7 @@ SHIFT = 2  # temporal neighbours, pixels
 TINY = {"backbone": "lcnet_050"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add overhead on a shared machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 class PlaneDataset(Dataset):

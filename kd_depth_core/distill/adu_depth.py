@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from kd_depth_core import geometry
+from kd_depth_core.classical.proxy_cache import ProxySource
+from kd_depth_core.classical.sgbm import SGBMSettings
 from kd_depth_core.config import ConfigError, TrainConfig
 from kd_depth_core.distill.adapters import FeatureAdapters
 from kd_depth_core.distill.common import (
@@ -61,6 +63,7 @@ from kd_depth_core.losses.adu import (
 )
 from kd_depth_core.models.frozen import FrozenNetwork, FrozenSource, load_frozen
 from kd_depth_core.models.io import ModelFileError
+from kd_depth_core.models.stereo import hints_from_disparity
 from kd_depth_core.train.tasks import register_task
 
 log = logging.getLogger("kd_depth_core.distill")
@@ -89,17 +92,33 @@ class StereoTeacher(FrozenNetwork):
                              "needs a network that returns its features (model(left, right, return_features=True))")
         self.feature_info: list[dict[str, int]] = [dict(info) for info in model.feature_info]
 
+    @property
+    def classical_prior_settings(self) -> SGBMSettings | None:
+        """The SGBM settings of a teacher guided by SGBM (`stereo_teacher(classical_prior=True)`), else None."""
+        return self.model.prior_settings() if getattr(self.model, "classical_prior", False) else None
+
     @torch.no_grad()
-    def predict(self, left: torch.Tensor, right: torch.Tensor,
-                output_size: Sequence[int] | None = None) -> dict[str, Any]:
+    def predict(self, left: torch.Tensor, right: torch.Tensor, output_size: Sequence[int] | None = None,
+                proxy_disparity: torch.Tensor | None = None) -> dict[str, Any]:
         """{'depth', 'uncertainty': (B,1,h,w) metres at output_size (default the left image's),
         'features': the fused left feature maps at the teacher's input size (per `feature_info`)}.
 
+        `proxy_disparity` (B,1,H,W) px, 0 = not confident: the pair's cached SGBM proxy with the teacher's
+        `classical_prior_settings`, at the teacher's input size; given, a guided teacher uses it instead of
+        running SGBM itself (the same numbers, once per frame instead of once per step).
         Without a `log_sigma` head the uncertainty is 0. Nothing returned carries gradients.
         """
         if left.shape != right.shape:
             raise ValueError(f"left {tuple(left.shape)} and right {tuple(right.shape)} images differ in shape")
-        out = self.model(self.preprocess(left, "left"), self.preprocess(right, "right"), return_features=True)
+        extra: dict[str, Any] = {}
+        if proxy_disparity is not None and self.classical_prior_settings is not None:
+            size = self.input_size or tuple(left.shape[-2:])
+            if tuple(proxy_disparity.shape[-2:]) != tuple(size):
+                raise ValueError(f"proxy_disparity {tuple(proxy_disparity.shape[-2:])} is not at the teacher's input "
+                                 f"size {tuple(size)}")
+            extra["hints"] = hints_from_disparity(proxy_disparity)
+        out = self.model(self.preprocess(left, "left"), self.preprocess(right, "right"), return_features=True,
+                         **extra)
         depth = geometry.disp_to_depth(out["disp"][0].float(), self.min_depth, self.max_depth)[1]
         sigma = torch.exp(out["log_sigma"].float()) if "log_sigma" in out else torch.zeros_like(depth)
         size = tuple(left.shape[-2:]) if output_size is None else (int(output_size[0]), int(output_size[1]))
@@ -132,6 +151,9 @@ class ADUDepthTask(StudentDistillation):
         uncertainty_eps: float = 0.01  # relative variance at which a pixel's weight halves
         target_min_depth: float = 0.0  # metres; pixels with teacher depth <= this are left out
         mode: Literal["mono", "stereo", "mono_stereo"] = "mono_stereo"  # photometric sources
+        # a teacher guided by SGBM gets the dataset's cached SGBM proxy as its hints (SGBM once per frame,
+        # not once per step); "" = <train.out_dir>/proxy_cache (the teacher run's proxy_cache is reused as is)
+        teacher_hints_cache_dir: str = ""
 
     def __init__(self, cfg: TrainConfig, options: Options | None = None) -> None:
         super().__init__(cfg, options)
@@ -151,9 +173,11 @@ class ADUDepthTask(StudentDistillation):
                                                 [list(p) for p in opt.feature_pairs])
             except ValueError as error:
                 raise ConfigError(f"{where}.feature_pairs: {error}") from error
-        log.info("adu_depth: stereo teacher %s, student %s, %s scale, depth %.3g-%.3g m, feature pairs %s",
+        self.teacher_proxy = self._teacher_proxy(cfg)
+        log.info("adu_depth: stereo teacher %s, student %s, %s scale, depth %.3g-%.3g m, feature pairs %s%s",
                  self.teacher.source, cfg.model.name, self.scale_kind, self.min_depth, self.max_depth,
-                 self.adapters.pairs if self.adapters is not None else "off")
+                 self.adapters.pairs if self.adapters is not None else "off",
+                 f", SGBM hints cached in {self.teacher_proxy.cache_dir}" if self.teacher_proxy else "")
 
     def _check_options(self, cfg: TrainConfig, where: str) -> None:
         opt = self.options
@@ -187,12 +211,35 @@ class ADUDepthTask(StudentDistillation):
         except (ModelFileError, ValueError) as error:
             raise ConfigError(f"{where}.teacher_path: {error}") from error
 
+    def _teacher_proxy(self, cfg: TrainConfig) -> ProxySource | None:
+        """The cached SGBM proxy a guided teacher takes as its hints; None for an unguided teacher, or when
+        the teacher runs at another size than the training images (it then runs SGBM itself, every step)."""
+        settings = self.teacher.classical_prior_settings
+        if settings is None:
+            return None
+        size = tuple(cfg.data.size) if cfg.data.size else None
+        if self.teacher.input_size is not None and size != self.teacher.input_size:
+            log.warning("adu_depth: the teacher runs at %s, the data at %s: it computes its SGBM hints every step "
+                        "(set data.size to %s to cache them once per frame)", self.teacher.input_size, size,
+                        list(self.teacher.input_size))
+            return None
+        return ProxySource(settings, self.options.teacher_hints_cache_dir
+                           or str(Path(cfg.train.out_dir) / "proxy_cache"))
+
     # ----------------------------------------------------------------------- the task contract
+    def dataset_options(self) -> dict[str, Any]:
+        """The student's photometric needs, and the teacher's SGBM proxy when it is guided by SGBM."""
+        options = self.student_terms.dataset_options()
+        if self.teacher_proxy is not None:
+            options["proxy"] = self.teacher_proxy
+        return options
+
     def _teacher_outputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         if "image_right" not in batch:
             raise KeyError("batch['image_right']: the stereo teacher needs the right images (data.stereo: true)")
         image = batch["image"]
-        return self.teacher.predict(image, batch["image_right"], output_size=image.shape[-2:])
+        return self.teacher.predict(image, batch["image_right"], output_size=image.shape[-2:],
+                                    proxy_disparity=batch.get("proxy_disparity"))
 
     def feature_loss(self, student_features: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor],
                      weight: torch.Tensor | None) -> tuple[torch.Tensor, list[torch.Tensor]]:

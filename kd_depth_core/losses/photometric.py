@@ -15,6 +15,15 @@ SSIM_C1 = 0.01 ** 2
 SSIM_C2 = 0.03 ** 2
 
 
+def mean3x3(x: torch.Tensor) -> torch.Tensor:
+    """Mean over every 3x3 window of (..., H, W) -> (..., H-2, W-2) (`F.avg_pool2d(x, 3, 1)`).
+
+    Written as sums of shifted slices: on the CPU this is about 4x faster forward and 2x with the
+    backward than avg_pool2d, which made SSIM the largest cost of a photometric training step."""
+    rows = x[..., :-2, :] + x[..., 1:-1, :] + x[..., 2:, :]
+    return (rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]) / 9.0
+
+
 def ssim_dissimilarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-pixel, per-channel (1 - SSIM) / 2 in [0, 1], shape of x (B,C,H,W).
 
@@ -26,11 +35,11 @@ def ssim_dissimilarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                          f"got {tuple(x.shape)} and {tuple(y.shape)}")
     x = F.pad(x, (1, 1, 1, 1), mode="reflect")
     y = F.pad(y, (1, 1, 1, 1), mode="reflect")
-    mu_x = F.avg_pool2d(x, 3, 1)
-    mu_y = F.avg_pool2d(y, 3, 1)
-    sigma_x = F.avg_pool2d(x * x, 3, 1) - mu_x * mu_x
-    sigma_y = F.avg_pool2d(y * y, 3, 1) - mu_y * mu_y
-    sigma_xy = F.avg_pool2d(x * y, 3, 1) - mu_x * mu_y
+    mu_x = mean3x3(x)
+    mu_y = mean3x3(y)
+    sigma_x = mean3x3(x * x) - mu_x * mu_x
+    sigma_y = mean3x3(y * y) - mu_y * mu_y
+    sigma_xy = mean3x3(x * y) - mu_x * mu_y
     numerator = (2 * mu_x * mu_y + SSIM_C1) * (2 * sigma_xy + SSIM_C2)
     denominator = (mu_x * mu_x + mu_y * mu_y + SSIM_C1) * (sigma_x + sigma_y + SSIM_C2)
     return torch.clamp((1 - numerator / denominator) / 2, 0, 1)
