@@ -4,7 +4,9 @@ Rows: OpenCV SGBM (no learning), the per-pixel mean layout of the test frames (a
 and every model given, as a released file (`--model`) or as a training run's checkpoints
 (`--run DIR --steps 150,300`: each checkpoint is exported next to it as `model_step<N>.safetensors`
 with the run's own metadata). Every row uses `kd-depth evaluate`'s code path and protocol
-(`sequence`, metric, no median scaling, 80 m cap, every `--stride`-th test frame).
+(`sequence`, metric, no median scaling, 80 m cap, every `--stride`-th test frame); the last two columns
+are the same frames median-scaled, with the median of the per-image ratios median(gt)/median(pred)
+(1 = metric scale exactly) and their spread.
 
     python bench/bench_teachers.py --data demo_output/synth/street --run runs/teacher_stereo --steps 300,450
 """
@@ -87,15 +89,21 @@ def main() -> int:
     stereo = open_benchmark("sequence", args.data, split="test", stride=args.stride, limit=args.limit, right=True)
     protocol = get_protocol("sequence", median_scaling=False, max_depth=80.0)
     options = argparse.Namespace(device="cpu", scale_mode="auto", sgbm_min_depth=2.0, max_depth=80.0)
-    rows = [mean_layout_row(list(mono))]
+    scaled = get_protocol("sequence", median_scaling=True, max_depth=80.0)
+    rows = [(*mean_layout_row(list(mono)), None, None)]
     for label, path in models:
         predict_fn, _ = load_predict_fn(path, options)
         samples = stereo if accepts_keyword(predict_fn, "right") else mono
         result = evaluate(predict_fn, samples, protocol, label=label, progress=False)
-        rows.append((label, result.mean))
-    print("| model | AbsRel | RMSE (m) | δ1 | images |\n|---|---:|---:|---:|---:|")
-    for label, mean in rows:
-        print(f"| {label} | {mean['abs_rel']:.3f} | {mean['rmse']:.2f} | {mean['a1']:.3f} | {int(mean['num_images'])} |")
+        median_scaled = evaluate(predict_fn, samples, scaled, label=label, progress=False)
+        rows.append((label, result.mean, median_scaled.mean, median_scaled.scale_ratio))
+    print("| model | AbsRel | RMSE (m) | δ1 | images | median-scaled AbsRel | scale ratio (std) |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
+    for label, mean, median_scaled, ratio in rows:
+        extra = (f"{median_scaled['abs_rel']:.3f} | {ratio['median']:.3f} ({ratio['std']:.3f})"
+                 if median_scaled is not None else "— | —")
+        print(f"| {label} | {mean['abs_rel']:.3f} | {mean['rmse']:.2f} | {mean['a1']:.3f} | {int(mean['num_images'])} "
+              f"| {extra} |")
     return 0
 
 
