@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from importlib.metadata import entry_points
 
@@ -106,24 +107,29 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - the one error path; unexpected errors still re-raise
-        message = explain_error(error)
+        message = explain_error(error, _OUTPUT_SETTING.get(name, "--out"))
         if message is None or args.debug:
             raise
         print(f"{parser.prog}: {message} (run with --debug for the traceback)", file=sys.stderr)
         return 2
 
 
-def explain_error(error: BaseException) -> str | None:
-    """One line naming the file, field or flag and the fix, or None for an unexpected error."""
+def explain_error(error: BaseException, out: str = "--out") -> str | None:
+    """One line naming the file, field or flag and the fix, or None for an unexpected error.
+
+    ``out`` is what sets the command's output path (``--out``; ``train.out_dir`` for train and distill).
+    """
     name = getattr(error, "filename", None)
     if isinstance(error, PermissionError):
-        return f"permission denied: {name or error}; choose a path you can write (e.g. --out under your home)"
+        if name and os.path.exists(name) and not os.access(name, os.R_OK):
+            return f"permission denied reading {name}; make it readable for this user (chmod / chown)"
+        return f"permission denied: {name or error}; choose a path you can write (e.g. {out} under your home)"
     if isinstance(error, FileExistsError):
-        return f"{name or error} already exists; choose another --out or remove it"
+        return f"{name or error} already exists; choose another {out} or remove it"
     if isinstance(error, IsADirectoryError):
         return f"{name or error} is a folder, a file was expected; name a file"
     if isinstance(error, NotADirectoryError):
-        return f"{name or error}: a part of this path is a file, not a folder; choose another --out"
+        return f"{name or error}: a part of this path is a file, not a folder; choose another {out}"
     if isinstance(error, FileNotFoundError):
         return f"not found: {name or error}; check the path"
     if isinstance(error, OSError) and name:
@@ -137,7 +143,10 @@ def explain_error(error: BaseException) -> str | None:
 
 # Project errors whose message already names the file/field and the fix.
 _KNOWN_ERRORS = {"ConfigError", "CheckpointError", "ModelFileError", "SequenceError", "MissingFilesError",
-                 "GroupingError", "CacheError", "ParameterError", "EmptyMaskError"}
+                 "GroupingError", "CacheError", "ParameterError", "EmptyMaskError", "ModelConfigError"}
+
+# The setting that names a command's output path, where it is not --out.
+_OUTPUT_SETTING = {"train": "train.out_dir", "distill": "train.out_dir"}
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,7 +28,39 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A configuration problem; the message names the file, the key path and what was expected."""
+    """A configuration problem; the message names the file (or the command-line override), the key path and
+    what was expected."""
+
+
+def _error_key_path(rest: str) -> list[str]:
+    """'optim.lr: expected ...' -> ['optim', 'lr']; list indices and '(key ...)' notes are dropped."""
+    key = rest.split(": ", 1)[0].split(" (", 1)[0]
+    return re.sub(r"\[\d+\]", "", key).split(".")
+
+
+def _has_key(data: Any, path: list[str]) -> bool:
+    for part in path:
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def name_the_override(message: str, source: str, data: dict[str, Any], overrides: list[str]) -> str:
+    """``message`` ("<source>: key.path: ...") with its source replaced by the command-line override that set
+    that key, if one did (``override 'optim.lr=fast' (command line): optim.lr: ...``): the user would not find
+    the key in the file. ``data`` is the mapping as read from the file, before the overrides."""
+    if not overrides or not message.startswith(f"{source}: "):
+        return message
+    rest = message[len(source) + 2:]
+    path = _error_key_path(rest)
+    for text in reversed(overrides):  # the last override of a key wins, so it is the one to name
+        key = parse_override(text)[0]
+        common = min(len(path), len(key))
+        # the key is at or below the override's, or the override created the (unknown) key
+        if path[:common] == key[:common] and (len(key) <= len(path) or not _has_key(data, path)):
+            return f"override {text!r} (command line): {rest}"
+    return message
 
 
 # --------------------------------------------------------------------------- sections
@@ -301,9 +334,15 @@ def load_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
 
 def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>",
                      overrides: list[str] | None = None) -> T:
-    """Validate a raw mapping (plus overrides) into config dataclass `cls`; errors start with `source`."""
-    data = apply_overrides(copy.deepcopy(dict(data)), list(overrides or []))
-    cfg = parse_section(cls, data, f"{source}: ")
+    """Validate a raw mapping (plus overrides) into config dataclass `cls`; errors start with `source`, or with
+    the override when it set the key in question (`name_the_override`)."""
+    overrides = list(overrides or [])
+    original = copy.deepcopy(dict(data))
+    merged = apply_overrides(copy.deepcopy(original), overrides)
+    try:
+        cfg = parse_section(cls, merged, f"{source}: ")
+    except ConfigError as error:
+        raise ConfigError(name_the_override(str(error), source, original, overrides)) from None
     if any(f.name == "source" for f in dataclasses.fields(cls)):
         cfg.source = source  # type: ignore[attr-defined]
     return cfg

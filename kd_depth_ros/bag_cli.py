@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -98,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         print(f"convert-bag: error: --out {out} is a file; name a folder (the dataset root)", file=sys.stderr)
         return 2
+    summary_problem = _unwritable_file(args.summary_json) if args.summary_json is not None else None
+    if summary_problem:  # found now, not after the conversion
+        print(f"convert-bag: error: --summary-json {args.summary_json}: {summary_problem}", file=sys.stderr)
+        return 2
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -140,6 +145,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unwritable_file(path: Path) -> str | None:
+    """Why a file cannot be written at ``path`` (probed in its nearest existing folder), or None."""
+    path = Path(path)
+    if path.is_dir():
+        return "is a folder; name a file"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder; choose another path"
+    probe = folder / f".kd-depth-write-test-{os.getpid()}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        return f"cannot write in {folder} ({exc.strerror or exc}); choose a path you can write"
+    return None
+
+
 def _remove_if_empty(out: Path, created: bool) -> None:
     """Remove an --out this run created when nothing (but hidden partial folders) is left in it."""
     if created and out.is_dir() and not any(not p.name.startswith(".") for p in out.iterdir()):
@@ -153,13 +177,24 @@ def build_parser(prog: str = "convert_bag") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The ``convert_bag`` ROS executable (same options as ``kd-depth convert-bag``)."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    """The ``convert_bag`` ROS executable (same options as ``kd-depth convert-bag``, and its one error path: an
+    ordinary mistake is one line and exit 2, ``--debug`` shows the traceback)."""
+    parser = build_parser()
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return run(args)
     except KeyboardInterrupt:
         print("interrupted; complete sequences are kept, the one in progress was discarded", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - the one error path of kd_depth_core.cli; unexpected errors re-raise
+        from kd_depth_core.cli import explain_error
+
+        message = explain_error(error)
+        if message is None or args.debug:
+            raise
+        print(f"convert_bag: {message} (run with --debug for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

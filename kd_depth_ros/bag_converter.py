@@ -178,8 +178,10 @@ class BagSummary:
         if self.sequences_skipped:
             parts.append(f"{len(self.sequences_skipped)} already complete (skipped, {self.frames_skipped_existing} frames)")
         parts.append(f"frames: {self.frames_read} read, {self.frames_written} kept")
-        if self.dropped:
-            parts.append("dropped: " + ", ".join(f"{reason} {n}" for reason, n in sorted(self.dropped.items())))
+        if self.dropped:  # each reason with its first detail (the bag is named at the start of the line)
+            parts.append("dropped: " + ", ".join(
+                f"{reason} {n}" + (f" ({self.details[reason].replace(f'{self.bag}: ', '', 1)})"
+                                   if reason in self.details else "") for reason, n in sorted(self.dropped.items())))
         if self.frames_with_depth or self.frames_without_depth:
             parts.append(f"lidar depth: {self.frames_with_depth} frames, {self.frames_without_depth} kept without "
                          "(no cloud within tolerance)")
@@ -488,7 +490,8 @@ def why_nothing_written(summaries: list[BagSummary]) -> list[str]:
     lines = [f"{reason}: {n} frame(s)" + (f" ({details[reason]})" if reason in details else "")
              for reason, n in counts.most_common()]
     lines += [f"{s.bag}: {s.error}" for s in summaries if s.error]
-    if not any(s.frames_read for s in summaries if not s.error):
+    converted = [s for s in summaries if not s.error]  # a failed bag's error above is its reason
+    if converted and not any(s.frames_read for s in converted):
         lines.append("no image messages were read (check --image-topic and that the bag is not empty)")
     return lines
 

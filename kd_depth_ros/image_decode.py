@@ -29,6 +29,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from kd_depth_core.utils.quiet_codecs import call_quietly
+
 # encoding -> (element dtype, channels per element row, cv2 conversion to RGB or None)
 _U8, _U16 = np.dtype(np.uint8), np.dtype(np.uint16)
 ENCODINGS: dict[str, tuple[np.dtype, int, int | None]] = {
@@ -151,9 +153,10 @@ def decode_compressed(msg) -> np.ndarray:
     if buffer.size == 0:
         raise BadImageDataError("data: empty CompressedImage")
     # ANYDEPTH keeps 16-bit PNGs for the one 16 -> 8 rule; ANYCOLOR keeps grey as grey (alpha may remain)
-    image = cv2.imdecode(buffer, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    image, said = call_quietly(cv2.imdecode, buffer, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if image is None:
-        raise BadImageDataError(f"data: {buffer.size} bytes could not be decoded as {msg.format or 'jpeg/png'}")
+        raise BadImageDataError(f"data: {buffer.size} bytes could not be decoded as {msg.format or 'jpeg/png'}"
+                                + (f" ({said})" if said else ""))
     image = to_8bit(image)
     channels = 1 if image.ndim == 2 else image.shape[2]
     return cv2.cvtColor(image, {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}[channels])

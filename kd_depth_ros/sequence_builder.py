@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from kd_depth_core.data.sequence import CameraModel, SequenceWriter, encoded_format
+from kd_depth_core.utils.quiet_codecs import call_quietly
 from kd_depth_ros.image_decode import BadImageDataError, decode_rgb8, is_compressed
 from kd_depth_ros.keyframes import KeyframeSelector, SegmentSplitter
 from kd_depth_ros.rectify import CameraCalibration, camera_model, needs_remap, output_size, prepare_frame
@@ -254,8 +255,10 @@ class SequenceBuilder:
             left, right, motion_image, as_is = self._images(f, image_format, pixels_unchanged)
         except BadImageDataError as exc:
             self.dropped[UNDECODABLE] += 1
+            text = f"{f.where}: {exc}" if f.where else str(exc)
+            self.details.setdefault(UNDECODABLE, f"first: {text}")
             if len(self.warnings) < 20:
-                self.warnings.append(f"{f.where}: {exc}" if f.where else str(exc))
+                self.warnings.append(text)
             return "undecodable"
         keep, _ = self.keyframes.accept(motion_image)
         if not keep:
@@ -295,9 +298,10 @@ def _as_recorded(msg, calib: CameraCalibration, image_format: str, where: str):
     if not is_compressed(msg) or encoded_format(msg.data) != image_format:
         return None
     data = msg.data if isinstance(msg.data, np.ndarray) else np.frombuffer(msg.data, np.uint8)
-    thumb = cv2.imdecode(data, THUMB_DECODE)
+    thumb, said = call_quietly(cv2.imdecode, data, THUMB_DECODE)
     if thumb is None:
-        raise BadImageDataError(f"data: CompressedImage ({data.size} bytes, format {msg.format!r}) does not decode")
+        raise BadImageDataError(f"data: CompressedImage ({data.size} bytes, format {msg.format!r}) does not decode"
+                                + (f" ({said})" if said else ""))
     rows, cols = thumb.shape[:2]  # a reduced jpeg rounds the size up, a reduced png down
     if rows not in (calib.height // 4, -(-calib.height // 4)) or cols not in (calib.width // 4, -(-calib.width // 4)):
         raise FrameSizeError(f"{where}: image is about {cols * 4}x{rows * 4} but its camera_info says "

@@ -201,6 +201,7 @@ def test_cli_reports_errors_with_exit_code(tmp_path, capsys):
     assert code == 2  # nothing written
     assert "no sequence was written" in err and not (tmp_path / "out").exists()
     assert "TopicNotFoundError" in err and "/cam/image_raw" in err
+    assert "no image messages were read" not in err  # the bag's own error is the reason; no second, wrong one
     assert bc.main([str(bag), "--out", str(tmp_path / "out"), "--max-gap", "0"]) == 2
     assert "max_gap: expected > 0 s" in capsys.readouterr().err
     assert bc.main([str(tmp_path / "absent"), "--out", str(tmp_path / "out")]) == 1
@@ -244,6 +245,24 @@ def test_all_static_frames_exit_2_with_reason(tmp_path):
     assert "next:" not in stdout and not out.exists()
 
 
+def test_dropped_frames_are_described_and_a_damaged_frame_prints_no_codec_noise(tmp_path, capfd):
+    msgs = []
+    for i, frame in enumerate(bf.textured_frames(6, W, H)):
+        image = bf.compressed("/cam/image_raw/compressed", frame, T0 + i * DT)
+        if i == 2:
+            image.fields["data"] = image.fields["data"][:40]  # cut short: libpng / OpenCV complain
+        msgs += [image, bf.camera_info("/cam/camera_info", T0 + i * DT, W, H, K)]
+    bag = bf.write_bag(tmp_path / "damaged", msgs, "mcap")
+    for extra in ([], ["--width", "32"]):  # stored as recorded, and decoded for a resize
+        out = tmp_path / f"out{len(extra)}"
+        assert bc.main([str(bag), "--out", str(out), "--quiet", "--min-motion", "0", *extra]) == 0
+        stdout, stderr = capfd.readouterr()
+        line = next(text for text in stdout.splitlines() if "sequence(s) written" in text)
+        assert re.search(rf"dropped: undecodable image data 1 \(first: /cam/image_raw/compressed at stamp "
+                         rf"{T0 + 2 * DT} ns: data: .*\(.*PNG.*\)\)", line), line
+        assert stderr == "", stderr
+
+
 def test_appending_a_bag_updates_train_split_and_rerun_without_topic_is_accepted(tmp_path):
     out = tmp_path / "out"
     first = mono_bag(tmp_path / "first")
@@ -270,6 +289,22 @@ def test_convert_bag_out_is_a_file_or_unwritable(tmp_path):
     rc, _, stderr = _cli([str(bag), "--out", str(afile)])
     assert rc == 2 and "is a file" in stderr and "Traceback" not in stderr
     assert len(stderr.strip().splitlines()) == 1
+
+
+def test_summary_json_that_cannot_be_written_is_refused_before_converting(tmp_path, capsys):
+    """--summary-json is checked first (the ROS executable `convert_bag` is bc.main): one line, exit 2, nothing
+    converted; the executable takes --debug like `kd-depth`."""
+    bag = mono_bag(tmp_path / "b")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    out = tmp_path / "out"
+    for target, why in ((afile / "summary.json", "is a file, not a folder"), (tmp_path, "is a folder; name a file")):
+        assert bc.main([str(bag), "--out", str(out), "--quiet", "--debug", "--summary-json", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--summary-json {target}: " in err and why in err, err
+        assert not out.exists()
+    assert bc.main([str(bag), "--out", str(out), "--quiet", "--summary-json", str(tmp_path / "s" / "s.json")]) == 0
+    assert (tmp_path / "s" / "s.json").is_file()
 
 
 def test_validate_warns_about_sequences_in_no_split_and_says_how_to_add_them(tmp_path, capsys):

@@ -1,6 +1,8 @@
 """`kd-depth`: every command (the core's and those registered by other packages) imports and answers --help."""
 from __future__ import annotations
 
+import argparse
+import importlib
 from importlib.metadata import entry_points
 
 import pytest
@@ -14,6 +16,16 @@ def test_every_command_answers_help(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert f"usage: kd-depth {command}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", sorted(all_commands()))
+def test_every_option_says_what_it_does(command):
+    """--help describes every option (a bare `--precision {fp32,fp16,bf16}` line leaves the user guessing)."""
+    parser = argparse.ArgumentParser()
+    importlib.import_module(all_commands()[command][0]).add_arguments(parser)
+    silent = [action.option_strings[0] if action.option_strings else action.dest for action in parser._actions
+              if not action.help]
+    assert not silent, f"kd-depth {command}: options without help: {', '.join(silent)}"
 
 
 def test_top_level_help_lists_every_command(capsys):

@@ -215,3 +215,17 @@ def test_models_command_lists_family_params_and_gflops(capsys) -> None:
     params = count_parameters(create_model("student_lcnet")) / 1e6
     assert rows["student_lcnet"][1] == "student" and float(rows["student_lcnet"][2]) == round(params, 2)
     assert float(rows["student_lcnet"][3]) > 0 and rows["student_lcnet"][4] == "96x64*"
+
+
+def test_models_command_counts_the_discriminator_and_stars_only_snapped_rows(capsys):
+    """The two-input discriminator (depth + image) is counted, not reported as a ValueError; the '*' note is
+    printed only when a row is starred; a bad size is one line and exit 2."""
+    parser = argparse.ArgumentParser()
+    models_cli.add_arguments(parser)
+    assert models_cli.run(parser.parse_args(["--family", "discriminator", "--height", "64", "--width", "96"])) == 0
+    out = capsys.readouterr().out
+    row = next(line.split() for line in out.splitlines() if line.startswith("transformer_discriminator"))
+    assert float(row[3]) > 0 and row[4] == "96x64", out
+    assert "not counted" not in out and "Error" not in out and "*" not in out, out
+    assert models_cli.run(parser.parse_args(["--family", "discriminator", "--height", "0"])) == 2
+    assert "--height/--width" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from foreign_fixtures import student_disparity_onnx, write_card  # noqa: E402
@@ -184,3 +185,49 @@ def test_stand_in_teacher_trains_on_ground_truth_and_exports_as_a_foreign_teache
                        task={"teacher_path": str(onnx), "photometric_weight": 0.0})
     task, _ = fit(distill)
     assert task.prefilled == 12
+
+
+def test_relative_labels_are_made_metric_on_the_sgbm_proxy_with_outliers_trimmed(world):
+    cfg = make_cfg(world, "align", task={"align_to_proxy": True, "photometric_weight": 0.0, "prefill": False})
+    task = create_task(cfg.task.name, cfg)
+    assert task.scale_kind == "metric" and "proxy" in task.dataset_options()
+    generator = np.random.default_rng(0)
+    labels = torch.from_numpy(generator.uniform(0.5, 2.0, (2, 1, *SIZE)).astype(np.float32))  # relative disparity
+    fx_baseline = 30.0  # px·m
+    inverse_depth = 0.2 * labels + 0.05  # the truth the proxy sees, 1/m: s = 0.2, t = 0.05
+    proxy = inverse_depth * fx_baseline
+    proxy[:, :, :, :8] = 0.0  # SGBM found nothing in the left band
+    outliers = torch.from_numpy(generator.random((2, 1, *SIZE)) < 0.1)
+    proxy[outliers] *= 3.0  # 10 % wrong matches
+    batch = {"K": torch.tensor([[[10.0, 0, 48], [0, 10.0, 32], [0, 0, 1]]]).repeat(2, 1, 1),
+             "baseline": torch.tensor([3.0, 3.0]), "proxy_disparity": proxy}
+    metric, aligned = task.metric_labels(labels, labels > 0, batch)
+    assert aligned.tolist() == [True, True]
+    # everywhere (the band without a proxy too) the label becomes 0.2·label + 0.05; the outliers were trimmed
+    torch.testing.assert_close(metric, inverse_depth, rtol=1e-4, atol=1e-5)
+    # an image with too few confident proxy pixels is not aligned (it falls back to the SSI term)
+    batch["proxy_disparity"] = torch.where(torch.arange(2).view(2, 1, 1, 1) == 1, torch.zeros_like(proxy), proxy)
+    metric, aligned = task.metric_labels(labels, labels > 0, batch)
+    assert aligned.tolist() == [True, False] and float(metric[1].abs().max()) == 0.0
+
+
+def test_aligned_distillation_trains_a_metric_student_with_the_metric_kd_loss(world):
+    cfg = make_cfg(world, "aligned", task={"align_to_proxy": True, "photometric_weight": 0.0,
+                                           "variance_focus": 0.0}, max_steps=6)
+    task, result = fit(cfg)
+    history = result.history
+    assert {"distill", "aligned_fraction"} <= set(history[0]) and history[0]["aligned_fraction"] == 1.0
+    assert "ssi" not in history[0]  # every image was aligned: no SSI fallback
+    assert history[-1]["distill"] < history[0]["distill"], [row["distill"] for row in history]
+    assert read_metadata(result.model_path).scale_kind == "metric"
+
+
+@pytest.mark.parametrize("stereo, task, message", [
+    (False, {"align_to_proxy": True}, r"align_to_proxy: aligning the teacher to the SGBM proxy needs the right "
+                                      r"images; set data\.stereo: true"),
+    (True, {"align_to_proxy": True, "align_min_fraction": 0.0}, r"align_min_fraction: expected a fraction"),
+])
+def test_alignment_errors_name_the_field(world, stereo, task, message):
+    cfg = make_cfg(world, "bad_align", stereo=stereo, task={"photometric_weight": 0.0, **task})
+    with pytest.raises(ConfigError, match=message):
+        create_task(cfg.task.name, cfg)

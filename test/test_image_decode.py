@@ -156,3 +156,44 @@ def test_errors_name_the_field():
     with pytest.raises(dec.BadImageDataError, match=r"^data: 4 bytes could not be decoded"):
         dec.decode_rgb8(compressed)
     assert issubclass(dec.ImageDecodeError, ValueError)  # the nodes catch ValueError per frame
+
+
+def test_a_damaged_compressed_frame_is_named_and_the_codec_prints_nothing(capfd):
+    """What libpng / OpenCV print about a damaged frame goes into the error (one log line per frame in the
+    nodes, one detail in convert-bag), not onto the terminal; 32FC1 is never offered as a camera encoding."""
+    rgb = np.random.default_rng(3).integers(0, 256, (32, 64, 3), dtype=np.uint8)
+    encoded = cv2.imencode(".png", rgb)[1].reshape(-1)
+    header = Header(stamp=Time(sec=0, nanosec=0), frame_id="")
+    cut = CompressedImage(header=header, format="png", data=encoded[:encoded.size // 2].copy())
+    with pytest.raises(dec.BadImageDataError, match=r"^data: \d+ bytes could not be decoded as png \(.*PNG"):
+        dec.decode_rgb8(cut)
+    damaged = encoded.copy()
+    damaged[encoded.size // 2:encoded.size // 2 + 16] = 0
+    with pytest.raises(dec.BadImageDataError, match=r"could not be decoded as png \(libpng error: "):
+        dec.decode_rgb8(CompressedImage(header=header, format="png", data=damaged))
+    out, err = capfd.readouterr()
+    assert err == "" and out == "", err
+    with pytest.raises(dec.UnsupportedEncodingError) as info:
+        dec.decode_rgb8(raw("32FC1", np.zeros((2, 2), np.float32)))
+    assert "32FC1" not in str(info.value).split("expected one of", 1)[1]
+    assert "32FC1" not in dec.CAMERA_ENCODINGS
+
+
+def test_quiet_codec_calls_pass_other_output_on():
+    """Text that is not a codec's, written to fd 2 during the call (another thread's log), still reaches stderr."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import os\nfrom kd_depth_core.utils.quiet_codecs import call_quietly\n"
+              "def codec():\n    os.write(2, b'libpng error: bad adaptive filter value\\n')\n"
+              "    os.write(2, b'[node] a log line of another thread\\n')\n"
+              "    pid = os.fork()  # a process forked meanwhile (a DataLoader worker) gets the real stderr back\n"
+              "    if pid == 0:\n        call_quietly(int)\n        os.write(2, b'child\\n')\n        os._exit(0)\n"
+              "    os.waitpid(pid, 0)\n    return 7\n"
+              "print(call_quietly(codec))\nos.write(2, b'after\\n')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(7, 'libpng error: bad adaptive filter value')"
+    assert done.stderr == "child\n[node] a log line of another thread\nafter\n"

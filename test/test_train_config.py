@@ -13,6 +13,7 @@ from kd_depth_core.config import (
     apply_overrides,
     config_from_dict,
     load_train_config,
+    name_the_override,
     parse_override,
     parse_section,
 )
@@ -88,11 +89,32 @@ def test_overrides_win_over_file_and_nest(tmp_path):
     assert cfg.task.kwargs == {"mode": "stereo"}
 
 
-def test_misspelled_override_fails_like_a_file_key():
-    with pytest.raises(ConfigError, match=r"<cli>: optim.lrr: unknown key; valid keys: name, lr, "):
+def test_a_bad_override_is_named_as_the_override_not_the_file(tmp_path):
+    """The user would look in the file for a key set on the command line: the error names the override."""
+    with pytest.raises(ConfigError, match=r"^override 'optim.lrr=1' \(command line\): optim.lrr: unknown key; "
+                                          r"valid keys: name, lr, "):
         config_from_dict(TrainConfig, {}, "<cli>", ["optim.lrr=1"])
     with pytest.raises(ConfigError, match="optim.lr is a value, not a section"):
         apply_overrides({"optim": {"lr": 1.0}}, ["optim.lr.x=2"])
+    path = _write(tmp_path, "optim:\n  lr: 0.1\ntrain:\n  stepz: 3\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: train.stepz: unknown key"):  # the file's own key: the file
+        load_train_config(path, ["optim.lr=0.2"])
+    path = _write(tmp_path, "optim:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"^override 'optim.lr=fast' \(command line\): optim.lr: expected a number"):
+        load_train_config(path, ["data.stereo=false", "optim.lr=fast"])
+    with pytest.raises(ConfigError, match=r"^override 'trian.steps=1' \(command line\): trian: unknown key"):
+        load_train_config(path, ["trian.steps=1"])
+    with pytest.raises(ConfigError, match=r"^override 'data.offsets=\[1, x\]' \(command line\): data.offsets\[1\]: "):
+        load_train_config(path, ["data.offsets=[1, x]"])
+    # errors raised later about the loaded config (by a task, prefixed with cfg.source) are named by the CLI
+    cfg = load_train_config(path, ["task.kwargs.teacher_path=/nope.safetensors"])
+    later = f"{cfg.source}: task.kwargs.teacher_path: /nope.safetensors not found"
+    assert name_the_override(later, cfg.source, {"optim": {"lr": 0.1}}, ["task.kwargs.teacher_path=/nope.safetensors"]) \
+        == "override 'task.kwargs.teacher_path=/nope.safetensors' (command line): task.kwargs.teacher_path: " \
+        "/nope.safetensors not found"
+    assert name_the_override(f"{cfg.source}: optim.lr: too high", cfg.source, {"optim": {"lr": 0.1}},
+                             ["task.kwargs.teacher_path=x"]) == f"{path}: optim.lr: too high"
+    assert name_the_override(later, cfg.source, {}, []) == later  # no override: the file is to blame
 
 
 def test_to_dict_round_trips_through_yaml(tmp_path):

@@ -159,10 +159,14 @@ def test_uncertainty_nll_is_minimal_where_sigma_is_depth_times_residual():
 
 
 @pytest.mark.parametrize("change, fragment", [
-    ({"data.stereo": False}, "ss.yaml: data.stereo: mode 'stereo' needs the right images"),
-    ({"task.kwargs.mode": "mono", "data.offsets": []}, "ss.yaml: data.offsets: mode 'mono' needs temporal"),
+    # keys set by an override: the error names the override, not ss.yaml (config.ConfigError)
+    ({"data.stereo": False}, "override 'data.stereo=false' (command line): data.stereo: mode 'stereo' needs the "
+                             "right images"),
+    ({"task.kwargs.mode": "mono", "data.offsets": []}, "override 'data.offsets=[]' (command line): data.offsets: "
+                                                       "mode 'mono' needs temporal"),
     ({"task.kwargs.mode": "sideways"}, "task.kwargs.mode: expected one of 'mono', 'stereo', 'mono_stereo'"),
-    ({"task.kwargs.ssim": 0.5}, "ss.yaml: task.kwargs.ssim: unknown key; valid keys: mode, min_depth"),
+    ({"task.kwargs.ssim": 0.5}, "override 'task.kwargs.ssim=0.5' (command line): task.kwargs.ssim: unknown key; "
+                                "valid keys: mode, min_depth"),
     ({"task.kwargs.uncertainty_loss": "none", "model.kwargs.uncertainty": True},
      "task.kwargs.uncertainty_loss: model 'student_lcnet' has an uncertainty head"),
 ])

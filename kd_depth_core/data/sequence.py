@@ -30,6 +30,7 @@ import numpy as np
 import yaml
 
 from kd_depth_core.utils.atomic import commit_dir, temporary_dir_for, write_text_atomic
+from kd_depth_core.utils.quiet_codecs import call_quietly
 
 FORMAT_VERSION = 1
 DEPTH_SCALE = 256.0  # uint16 depth PNG value = metres * 256
@@ -441,9 +442,9 @@ class Sequence:
         path = self.frame_path(sub, index)
         if not path.is_file():
             raise SequenceError(f"{path}: missing")
-        image = cv2.imread(str(path), flags)
+        image, said = call_quietly(cv2.imread, str(path), flags)
         if image is None:
-            raise SequenceError(f"{path}: unreadable or truncated image file")
+            raise SequenceError(f"{path}: unreadable or truncated image file{f' ({said})' if said else ''}")
         expected = (self.camera.height, self.camera.width)
         if image.shape[:2] != expected:
             raise SequenceError(f"{path}: size {image.shape[1]}x{image.shape[0]} does not match camera "

@@ -20,7 +20,9 @@ the left image. Loss terms (all computed in float32):
   NLL (`uncertainty_loss`, `uncertainty_weight`) of r = sqrt(sigma_t^2 + (depth_t - depth_s)^2),
   so it is uncertain where the teacher is, or where it still disagrees with the teacher.
 - Photometric self-supervision (`photometric_weight`, 0 = off): the 'self_supervised' task's
-  machinery as method 1 uses it (pose network, `mode`, ssim/smoothness/automask options).
+  machinery as method 1 uses it (pose network, `mode`, ssim/smoothness/automask options), and the
+  SGBM proxy term (`proxy_weight`; with a teacher guided by SGBM and no `proxy_sgbm`, the teacher's
+  SGBM settings, so one cached proxy per frame serves both the teacher's hints and the student).
 
 The teacher is a released stereo model file (`teacher_path`, e.g. `stereo_teacher` trained with
 config/train/teacher_stereo.yaml), frozen (no gradients, always eval mode), run every step (its
@@ -30,6 +32,7 @@ student alone: no adapter, pose network or teacher weights are exported.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -161,6 +164,9 @@ class ADUDepthTask(StudentDistillation):
         self._check_options(cfg, where)
         self.teacher = self._load_teacher(where)
         set_depth_range(self, self.teacher, opt, where)
+        prior = self.teacher.classical_prior_settings
+        if opt.proxy_weight > 0 and prior is not None and not opt.proxy_sgbm:  # one SGBM proxy per frame
+            opt = dataclasses.replace(opt, proxy_sgbm=dataclasses.asdict(prior))
         build_student(self, cfg, opt, where, "adu_depth")
         self.adapters: FeatureAdapters | None = None
         if opt.feature_weight > 0:
@@ -174,6 +180,13 @@ class ADUDepthTask(StudentDistillation):
             except ValueError as error:
                 raise ConfigError(f"{where}.feature_pairs: {error}") from error
         self.teacher_proxy = self._teacher_proxy(cfg)
+        student_proxy = self.student_terms.proxy
+        if student_proxy is not None and self.teacher_proxy is not None:
+            if student_proxy.settings != self.teacher_proxy.settings:
+                raise ConfigError(f"{where}.proxy_sgbm: the student's SGBM proxy {student_proxy.settings} differs from "
+                                  f"the guided teacher's hints {self.teacher_proxy.settings}; the dataset attaches one "
+                                  "proxy per frame: leave proxy_sgbm empty to use the teacher's")
+            student_proxy.source = self.teacher_proxy  # one cache, one SGBM run per frame for both
         log.info("adu_depth: stereo teacher %s, student %s, %s scale, depth %.3g-%.3g m, feature pairs %s%s",
                  self.teacher.source, cfg.model.name, self.scale_kind, self.min_depth, self.max_depth,
                  self.adapters.pairs if self.adapters is not None else "off",
@@ -238,8 +251,8 @@ class ADUDepthTask(StudentDistillation):
         if "image_right" not in batch:
             raise KeyError("batch['image_right']: the stereo teacher needs the right images (data.stereo: true)")
         image = batch["image"]
-        return self.teacher.predict(image, batch["image_right"], output_size=image.shape[-2:],
-                                    proxy_disparity=batch.get("proxy_disparity"))
+        hints = batch.get("proxy_disparity") if self.teacher_proxy is not None else None
+        return self.teacher.predict(image, batch["image_right"], output_size=image.shape[-2:], proxy_disparity=hints)
 
     def feature_loss(self, student_features: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor],
                      weight: torch.Tensor | None) -> tuple[torch.Tensor, list[torch.Tensor]]:

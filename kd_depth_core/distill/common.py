@@ -31,6 +31,7 @@ from kd_depth_core.distill.cache import PseudoLabelCache
 from kd_depth_core.distill.teacher import TeacherWrapper
 from kd_depth_core.losses import (
     DEFAULT_SCALE_WEIGHTS,
+    best_reprojection_error,
     confidence_weights,
     ensemble_residual,
     gaussian_nll,
@@ -39,6 +40,7 @@ from kd_depth_core.losses import (
 )
 from kd_depth_core.models.io import ModelFileError
 from kd_depth_core.train.distributed import barrier, current_env
+from kd_depth_core.train.proxy_supervision import ProxySupervision
 from kd_depth_core.train.self_supervised import PhotometricSupervision
 from kd_depth_core.train.tasks import Task, to_panel
 
@@ -61,6 +63,9 @@ class StudentOptions:
     uncertainty_weight: float = 0.1
     min_depth: float | None = None  # metres; None = the teacher's
     max_depth: float | None = None  # metres; None = the teacher's
+    proxy_weight: float = 0.0  # SGBM proxy supervision of the student (needs data.stereo); 0 = off
+    proxy_sgbm: dict[str, Any] = field(default_factory=dict)  # classical.sgbm.SGBMSettings fields
+    proxy_cache_dir: str = ""  # per-frame SGBM cache; "" = <train.out_dir>/proxy_cache
 
 
 def check_scale_weights(weights: Sequence[float], where: str) -> None:
@@ -84,20 +89,27 @@ class StudentTerms:
 
     - photometric (when `photometric` is given): ``photometric_weight`` x (Monodepth2 reprojection +
       smoothness) of the student's sigmoid disparities, by `train.self_supervised.PhotometricSupervision`;
+    - SGBM proxy (when `proxy` is given): ``proxy_weight`` x the Depth-Hints-style term of the teachers
+      (`train.proxy_supervision.ProxySupervision`, the same code), so a stereo-trained student learns metric
+      depth from the classical matcher wherever it beats the student's own reprojection;
     - uncertainty (when the student has a ``log_sigma`` head): ``uncertainty_weight`` x NLL of its error
       against the teacher depth, widened by the teacher's spread (``losses.ensemble_residual``).
     """
 
     def __init__(self, opt: StudentOptions, photometric: PhotometricSupervision | None, has_uncertainty: bool,
-                 min_depth: float, max_depth: float) -> None:
+                 min_depth: float, max_depth: float, proxy: ProxySupervision | None = None) -> None:
         self.opt = opt
         self.photometric = photometric
+        self.proxy = proxy
         self.has_uncertainty = has_uncertainty
         self.min_depth, self.max_depth = min_depth, max_depth
 
     def dataset_options(self) -> dict[str, Any]:
-        """The photometric term's needs; distillation alone needs no source frames."""
-        return self.photometric.dataset_options() if self.photometric is not None else {"offsets": ()}
+        """The photometric term's needs (distillation alone needs no source frames) and the SGBM proxy."""
+        options = self.photometric.dataset_options() if self.photometric is not None else {"offsets": ()}
+        if self.proxy is not None:
+            options.update(self.proxy.dataset_options())
+        return options
 
     def __call__(self, batch: dict[str, Any], disps: list[torch.Tensor], log_sigma: torch.Tensor | None,
                  teacher_depth: torch.Tensor, teacher_std: torch.Tensor, weight: torch.Tensor,
@@ -108,11 +120,19 @@ class StudentTerms:
         opt = self.opt
         loss: torch.Tensor | float = 0.0
         parts: dict[str, torch.Tensor] = {}
+        best_error = None
         if self.photometric is not None:
             photometric = self.photometric.terms(batch, disps, pose_net, student)
             loss = loss + opt.photometric_weight * photometric.loss
             parts.update(photometric=photometric.reprojection.loss.detach(),
                          smoothness=photometric.smoothness.detach())
+            if self.proxy is not None:
+                best_error = best_reprojection_error(photometric.reprojection.warped, batch["image"].float(),
+                                                     opt.ssim_weight)
+        if self.proxy is not None:
+            proxy = self.proxy.terms(batch, disps, best_error)
+            loss = loss + opt.proxy_weight * proxy.loss
+            parts.update(proxy=proxy.loss.detach(), proxy_fraction=proxy.fraction)
         if self.has_uncertainty:
             student_depth = geometry.disp_to_depth(disps[0].detach(), self.min_depth, self.max_depth)[1]
             residual = ensemble_residual(student_depth, teacher_depth, teacher_std)
@@ -149,7 +169,16 @@ def build_student(task: Task, cfg: TrainConfig, opt: StudentOptions, where: str,
         raise ConfigError(f"{where}.uncertainty_loss: model {cfg.model.name!r} has an uncertainty head; train "
                           "it with 'laplacian' or 'gaussian' (or build the model with uncertainty: false)")
     task.deploy_has_uncertainty = task.has_uncertainty
-    task.student_terms = StudentTerms(opt, photometric, task.has_uncertainty, task.min_depth, task.max_depth)
+    if opt.proxy_weight < 0:
+        raise ConfigError(f"{where}.proxy_weight: expected a number >= 0, got {opt.proxy_weight}")
+    proxy = None
+    if opt.proxy_weight > 0:
+        if task.scale_kind == "relative":
+            raise ConfigError(f"{where}.proxy_weight: the SGBM proxy is metric but the teacher is relative (up to "
+                              "scale); use a metric teacher or proxy_weight: 0")
+        proxy = ProxySupervision(cfg, opt.proxy_sgbm, opt.proxy_cache_dir, task.min_depth, task.max_depth,
+                                 opt.ssim_weight, where)
+    task.student_terms = StudentTerms(opt, photometric, task.has_uncertainty, task.min_depth, task.max_depth, proxy)
 
 
 def student_own_terms(task: Task, opt: StudentOptions, batch: dict[str, Any], disps: list[torch.Tensor],

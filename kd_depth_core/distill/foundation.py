@@ -20,6 +20,14 @@ NimbleD's recipe (arXiv 2408.14177) on our own recordings:
   matching) on every student scale (``scale_weights``), plus the student's own photometric loss,
   which supplies the scale: ``mode: auto`` is mono+stereo when ``data.stereo`` (metric student,
   metadata ``scale: metric``) and mono otherwise (``relative``).
+- Loss, relative teacher with stereo data and ``align_to_proxy`` (the shipped config): each label is
+  made metric per image before the loss: the trimmed least-squares scale and shift
+  (`losses.ssi.ssi_alignment`, ``trim``) that map the teacher's relative disparity onto the frame's
+  SGBM proxy (1/depth = d_sgbm / (fx·B), on the proxy's confident pixels; the dataset attaches it,
+  computed once per frame, `classical.proxy_cache`). The teacher gives the dense shape, the
+  classical matcher the metres, and the student learns both with the metric KD loss below
+  (``distill_weight``, ``distill_loss``, ``variance_focus``); an image whose proxy has too few
+  confident pixels (``align_min_fraction``) falls back to the SSI term.
 - Loss, metric teacher (``metric_depth`` card): the existing metric KD loss
   (``losses.multiscale_distillation_loss``, SILog in log depth) against the teacher's depth, plus the
   photometric term; the student is metric.
@@ -55,8 +63,9 @@ from kd_depth_core.inference.foreign import (
 )
 from kd_depth_core.inference.preprocess import Preprocessor
 from kd_depth_core.losses import DEFAULT_SCALE_WEIGHTS, multiscale_distillation_loss
-from kd_depth_core.losses.ssi import ssi_loss
+from kd_depth_core.losses.ssi import ssi_alignment, ssi_loss
 from kd_depth_core.train.distributed import barrier, current_env
+from kd_depth_core.train.proxy_supervision import ProxySupervision
 from kd_depth_core.train.tasks import Task, register_task, to_panel
 
 log = logging.getLogger("kd_depth_core.distill")
@@ -99,9 +108,11 @@ class FoundationDistillTask(Task):
         gradient_weight: float = 0.5  # multi-scale gradient matching (MiDaS); 0 = off
         gradient_scales: int = 4
         scale_weights: tuple[float, ...] = DEFAULT_SCALE_WEIGHTS  # per student scale 0..3
-        distill_weight: float = 1.0  # metric teachers: SILog KD weight
+        distill_weight: float = 1.0  # metric teachers (and aligned labels): SILog KD weight
         distill_loss: Literal["silog", "l1_log"] = "silog"
         variance_focus: float = 0.85
+        align_to_proxy: bool = False  # relative teacher + stereo: labels made metric on the frame's SGBM proxy
+        align_min_fraction: float = 0.05  # least share of confident proxy pixels for an image's alignment
 
     def __init__(self, cfg: TrainConfig, options: Options | None = None) -> None:
         super().__init__(cfg, options)
@@ -111,7 +122,9 @@ class FoundationDistillTask(Task):
         self.metric_teacher = not self.card.relative
         mode = opt.mode if opt.mode != "auto" else ("mono_stereo" if cfg.data.stereo else "mono")
         self.mode = mode
-        stereo_scale = opt.photometric_weight > 0 and mode in ("stereo", "mono_stereo")  # the baseline gives metres
+        # the rig's baseline gives metres: through the stereo photometric term or the SGBM proxy
+        stereo_scale = (opt.photometric_weight > 0 and mode in ("stereo", "mono_stereo")) or opt.proxy_weight > 0 \
+            or opt.align_to_proxy
         self.scale_kind = "metric" if self.metric_teacher or stereo_scale else "relative"
         low, high = self.card.valid_range or (None, None)
         default_min = float(low) if self.metric_teacher and low else 0.1
@@ -125,6 +138,7 @@ class FoundationDistillTask(Task):
             raise ConfigError(f"{cfg.source}: model.kwargs.uncertainty: a relative teacher gives no metric error to "
                               "learn an uncertainty from; build the student with uncertainty: false")
         self.student_size = (int(cfg.data.size[0]), int(cfg.data.size[1]))
+        self.alignment = self._alignment_proxy(cfg, where) if opt.align_to_proxy else None
         self.cache: PseudoLabelCache | None = None
         self.prefilled = 0
         log.info("distill_foundation: teacher %s (%s), student %s, %s student, photometric mode %s",
@@ -150,6 +164,23 @@ class FoundationDistillTask(Task):
                               f"0..3) with a positive sum, got {list(opt.scale_weights)}")
         if not 0 <= opt.variance_focus <= 1:
             raise ConfigError(f"{where}.variance_focus: expected a number in [0, 1], got {opt.variance_focus}")
+        if not 0 < opt.align_min_fraction <= 1:
+            raise ConfigError(f"{where}.align_min_fraction: expected a fraction in (0, 1], got "
+                              f"{opt.align_min_fraction}")
+
+    def _alignment_proxy(self, cfg: TrainConfig, where: str) -> ProxySupervision:
+        """The SGBM proxy the labels are aligned to: the student's proxy term's when it has one (one per frame)."""
+        if self.metric_teacher:
+            raise ConfigError(f"{where}.align_to_proxy: the teacher card is metric_depth already; set "
+                              "align_to_proxy: false")
+        if not cfg.data.stereo:
+            raise ConfigError(f"{where}.align_to_proxy: aligning the teacher to the SGBM proxy needs the right "
+                              "images; set data.stereo: true, or align_to_proxy: false (a relative student)")
+        if self.student_terms.proxy is not None:
+            return self.student_terms.proxy
+        opt = self.options
+        return ProxySupervision(cfg, opt.proxy_sgbm, opt.proxy_cache_dir, self.min_depth, self.max_depth,
+                                opt.ssim_weight, where)
 
     def _load_teacher(self, where: str) -> tuple[Any, ForeignOnnxBackend]:
         opt = self.options
@@ -274,7 +305,10 @@ class FoundationDistillTask(Task):
 
     # ----------------------------------------------------------------------- the task contract
     def dataset_options(self) -> dict[str, Any]:
-        return self.student_terms.dataset_options()
+        options = self.student_terms.dataset_options()
+        if self.alignment is not None:
+            options.update(self.alignment.dataset_options())
+        return options
 
     def deploy_model(self) -> nn.Module:
         return self.student
@@ -303,22 +337,62 @@ class FoundationDistillTask(Task):
                 loss = opt.distill_weight * distill.loss
                 parts["distill"] = distill.loss.detach()
             else:
-                weights = [float(w) for w in opt.scale_weights]
-                terms, data, gradient = [], [], []
-                for disp in disps:
-                    inverse_depth = geometry.disp_to_depth(self._full(disp, size), self.min_depth, self.max_depth)[0]
-                    term = ssi_loss(inverse_depth, labels, valid, opt.trim, opt.gradient_weight, opt.gradient_scales)
-                    terms.append(term.loss)
-                    data.append(term.data.detach())
-                    gradient.append(term.gradient.detach())
-                ssi = sum(w * t for w, t in zip(weights, terms)) / sum(weights)
-                loss = opt.ssi_weight * ssi
-                parts.update(ssi=ssi.detach(), ssi_data=data[0], ssi_gradient=gradient[0])
+                aligned = self.metric_labels(labels, valid, batch) if self.alignment is not None else None
+                loss = torch.zeros((), device=labels.device)
+                if aligned is not None:
+                    metric, aligned_images = aligned
+                    teacher_depth = torch.where(metric > 0, 1.0 / metric.clamp_min(1e-6), torch.zeros_like(metric))
+                    weight = (metric > 0).float()
+                    distill = multiscale_distillation_loss(disps, teacher_depth, weight, opt.scale_weights,
+                                                           self.min_depth, self.max_depth, opt.distill_loss,
+                                                           opt.variance_focus)
+                    loss = loss + opt.distill_weight * distill.loss
+                    parts.update(distill=distill.loss.detach(), aligned_fraction=aligned_images.float().mean())
+                    valid = valid & ~aligned_images.view(-1, 1, 1, 1)  # the rest falls back to the SSI term
+                if aligned is None or bool(valid.any()):
+                    ssi = self.ssi_terms(disps, labels, valid, size)
+                    loss = loss + opt.ssi_weight * ssi.pop("ssi_loss")
+                    parts.update(ssi)
             own, own_parts = student_own_terms(self, opt, batch, disps, out.get("log_sigma"), teacher_depth,
                                                torch.zeros_like(teacher_depth), valid)
             loss = loss + own
             parts.update(own_parts)
         return {"loss": loss, **parts}
+
+    def ssi_terms(self, disps: list[torch.Tensor], labels: torch.Tensor, valid: torch.Tensor,
+                  size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Scale-weighted SSI loss of every student scale against the relative labels: {'ssi_loss', logged parts}."""
+        opt = self.options
+        weights = [float(w) for w in opt.scale_weights]
+        terms, data, gradient = [], [], []
+        for disp in disps:
+            inverse_depth = geometry.disp_to_depth(self._full(disp, size), self.min_depth, self.max_depth)[0]
+            term = ssi_loss(inverse_depth, labels, valid, opt.trim, opt.gradient_weight, opt.gradient_scales)
+            terms.append(term.loss)
+            data.append(term.data.detach())
+            gradient.append(term.gradient.detach())
+        ssi = sum(w * t for w, t in zip(weights, terms)) / sum(weights)
+        return {"ssi_loss": ssi, "ssi": ssi.detach(), "ssi_data": data[0], "ssi_gradient": gradient[0]}
+
+    @torch.no_grad()
+    def metric_labels(self, labels: torch.Tensor, valid: torch.Tensor, batch: dict[str, Any]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Relative labels (B,1,H,W) made metric on the batch's SGBM proxy: (inverse depth (B,1,H,W) 1/m, 0 =
+        invalid, and (B,) bool: images aligned). Per image, the trimmed least-squares (s, t) with
+        s·label + t ≈ d_sgbm / (fx·B) over the pixels where both are valid; s must be > 0."""
+        if "proxy_disparity" not in batch:
+            raise ValueError("batch has no 'proxy_disparity': build the dataset with task.dataset_options()")
+        fx_baseline = (batch["K"][:, 0, 0].float() * batch["baseline"].float()).view(-1, 1, 1, 1)
+        proxy = batch["proxy_disparity"].float().to(labels.device)
+        both = valid & (proxy > 0)
+        target = torch.where(both, proxy / fx_baseline.to(labels.device), torch.zeros_like(proxy))
+        scale, shift, _ = ssi_alignment(labels, target, both, self.options.trim)
+        metric = scale.view(-1, 1, 1, 1) * labels + shift.view(-1, 1, 1, 1)
+        metric = torch.where(valid & (metric >= 1.0 / self.max_depth), metric.clamp(max=1.0 / self.min_depth),
+                             torch.zeros_like(metric))
+        enough = both.flatten(1).float().mean(1) >= self.options.align_min_fraction
+        ok = enough & (scale > 0)
+        return torch.where(ok.view(-1, 1, 1, 1), metric, torch.zeros_like(metric)), ok
 
     @torch.no_grad()
     def predict_depth(self, batch: dict[str, Any]) -> torch.Tensor:

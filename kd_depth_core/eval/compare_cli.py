@@ -51,7 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from kd_depth_core.utils.atomic import write_text_atomic
 
     if not args.model and not args.results:
-        print("error: give at least one --model or --results", file=sys.stderr)
+        print("kd-depth compare: give at least one --model or --results", file=sys.stderr)
+        return 2
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():  # before the long run
+        print(f"kd-depth compare: --out {args.out} is a file; name a folder for the results", file=sys.stderr)
         return 2
     try:
         results = [load_result(path) for path in args.results]
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                 data["model"] = str(model)
                 results.append(data)
     except (FileNotFoundError, ValueError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"kd-depth compare: {exc}", file=sys.stderr)
         return 2
     print(comparison_report(results))
     if args.out is not None:

@@ -203,6 +203,9 @@ def run(args: argparse.Namespace) -> int:
     from kd_depth_core.eval.evaluate import accepts_keyword, evaluate
     from kd_depth_core.eval.report import console_report, write_results
 
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():  # before the long run
+        print(f"kd-depth evaluate: --out {args.out} is a file; name a folder for the results", file=sys.stderr)
+        return 2
     try:
         build_protocol(args)  # option errors before the model loads
         samples = open_samples(args)  # data errors before the model loads
@@ -214,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate(predict_fn, samples, protocol, label=label,
                           num_visuals=args.panels if args.out is not None else 0, progress=not args.no_progress)
     except (FileNotFoundError, ValueError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"kd-depth evaluate: {exc}", file=sys.stderr)
         return 2
     data = result.to_dict()
     data["model"] = str(args.model)

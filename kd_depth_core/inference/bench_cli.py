@@ -240,7 +240,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"HEIGHTxWIDTH list (default {DEFAULT_SIZES})")
     parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default 1)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                        help="compute precision of every configuration; fp16/bf16 fall back to fp32 where the backend "
+                             "or device lacks them; default fp32")
     parser.add_argument("--warmup", type=int, default=5,
                         help="untimed calls per configuration before timing (compilation, caches); default 5")
     parser.add_argument("--iters", type=int, default=30,

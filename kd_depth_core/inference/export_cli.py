@@ -17,7 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n", 1)[1]
     parser.add_argument("--model", required=True, help="released model (.safetensors)")
-    parser.add_argument("--format", required=True, choices=("onnx", "torchscript"), dest="fmt")
+    parser.add_argument("--format", required=True, choices=("onnx", "torchscript"), dest="fmt",
+                        help="onnx (ONNX Runtime and other ONNX runtimes) or torchscript (libtorch); --out must end in .onnx or "
+                             ".torchscript")
     parser.add_argument("--out", required=True, help="output file (.onnx or .torchscript)")
     parser.add_argument("--height", type=int, help="input height in pixels (default: the model's)")
     parser.add_argument("--width", type=int, help="input width in pixels (default: the model's)")

@@ -149,17 +149,25 @@ def export_foreign(model: nn.Module, metadata: ModelMetadata, path: str | os.Pat
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="released model (.safetensors), e.g. runs/teacher_supervised/model.safetensors")
     parser.add_argument("--out", required=True, help="output .onnx (the card is written beside it as <stem>.card.yaml)")
-    parser.add_argument("--input-name", default="image")
-    parser.add_argument("--output-name", default="disparity")
+    parser.add_argument("--input-name", default="image", help="name of the ONNX input (default: %(default)s)")
+    parser.add_argument("--output-name", default="disparity", help="name of the ONNX output (default: %(default)s)")
     parser.add_argument("--height", type=int, help="traced input height (default: the model's)")
     parser.add_argument("--width", type=int, help="traced input width (default: the model's)")
     parser.add_argument("--size-multiple", type=int, default=0,
                         help="export dynamic H and W that must be multiples of this (e.g. 14); 0 = fixed size")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file and its card")
 
 
 def run(args: argparse.Namespace) -> int:
     from kd_depth_core.models.io import load_model
 
+    out = Path(args.out)
+    card = out.with_name(out.stem + ".card.yaml")
+    existing = [path for path in (out, card) if path.exists()]
+    if existing and not args.force:
+        print(f"kd-depth export-foreign: --out {out}: {existing[0]} already exists; pass --force to replace it",
+              file=sys.stderr)
+        return 2
     try:
         model, metadata = load_model(args.model)
         size = None
@@ -170,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
                                               size_multiple=args.size_multiple or None,
                                               provenance=f"kd-depth export_foreign of {args.model}")
     except (ValueError, FileNotFoundError) as error:
-        print(f"export-foreign: {error}", file=sys.stderr)
+        print(f"kd-depth export-foreign: {error}", file=sys.stderr)
         return 2
     print(f"wrote {onnx_path} and its card {card_path} (relative_disparity)")
     return 0

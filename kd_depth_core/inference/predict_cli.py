@@ -60,7 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
                         help="compute precision; fp16/bf16 are faster on a GPU, fall back to fp32 where the "
                              "backend or device lacks them; default fp32")
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "torchscript", "onnxruntime"))
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "torchscript", "onnxruntime"),
+                        help="runtime: auto chooses by the model file (.safetensors: PyTorch, .torchscript: "
+                             "TorchScript, .onnx: ONNX Runtime); default auto")
     parser.add_argument("--resolution", default="input", choices=("input", "model"),
                         help="save depth at the input image size (default) or the network's")
     parser.add_argument("--fx", type=float, help="focal length of the input images, pixels")
@@ -110,6 +112,28 @@ def collect_sources(inputs: list[str]) -> list[Source]:
     return sources
 
 
+def read_image(path: Path) -> np.ndarray:
+    """An image file as OpenCV reads it, checked here so that every error names the file: a damaged file (with
+    what its codec said), a shape or type the network cannot take, a float image outside [0, 1]."""
+    from kd_depth_core.inference.preprocess import to_rgb
+    from kd_depth_core.utils.quiet_codecs import call_quietly
+
+    image, said = call_quietly(cv2.imread, str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"{path}: not a readable image{f' ({said})' if said else ''}; the file is damaged or not "
+                         f"in a format OpenCV reads")
+    try:
+        to_rgb(image, bgr=True, name=str(path))
+    except TypeError as error:  # e.g. a signed-integer TIFF
+        raise ValueError(f"{error}; save the image as 8- or 16-bit") from None
+    if np.issubdtype(image.dtype, np.floating):
+        low, high = float(np.min(image)), float(np.max(image))
+        if not (low >= 0.0 and high <= 1.0):  # also catches NaN
+            raise ValueError(f"{path}: a {image.dtype} image must hold values in [0, 1], this one holds [{low:g}, "
+                             f"{high:g}]; scale it to [0, 1] or save it as 8- or 16-bit")
+    return image
+
+
 def _video_frame_count(path: Path, every: int, max_frames: int) -> int:
     capture = cv2.VideoCapture(str(path))
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
@@ -122,10 +146,7 @@ def iter_frames(sources: list[Source], every: int = 1, max_frames: int = 0) -> I
     """(output name, image as read by OpenCV: BGR/BGRA/grey, uint8 or uint16) for every frame."""
     for source in sources:
         if source.kind == "image":
-            image = cv2.imread(str(source.path), cv2.IMREAD_UNCHANGED)
-            if image is None:
-                raise ValueError(f"{source.path}: OpenCV cannot read this image")
-            yield source.prefix, image
+            yield source.prefix, read_image(source.path)
             continue
         capture = cv2.VideoCapture(str(source.path))
         if not capture.isOpened():
@@ -269,6 +290,7 @@ def run(args: argparse.Namespace) -> int:
     total = sum(1 if s.kind == "image" else _video_frame_count(s.path, args.every, args.max_frames) for s in sources)
     pending: list[Future] = []
     count = 0
+    failure: Exception | None = None
     with ThreadPoolExecutor(max_workers=2) as writer, tqdm(total=total or None, unit="frame",
                                                             desc="predict") as bar:
         try:
@@ -286,7 +308,9 @@ def run(args: argparse.Namespace) -> int:
             for future in pending:
                 future.result()
         except (ValueError, FileNotFoundError) as error:
-            print(f"kd-depth predict: {error}", file=sys.stderr)
-            return 2
+            failure = error
+    if failure is not None:  # printed after the progress bar closed, on a line of its own
+        print(f"kd-depth predict: {failure}", file=sys.stderr)
+        return 2
     print(f"wrote {count} frame(s) to {out_dir} ({', '.join(sorted(formats))})")
     return 0

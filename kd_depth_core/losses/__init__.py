@@ -1,6 +1,7 @@
 """Small pure loss functions; see photometric.py and smoothness.py."""
 from kd_depth_core.losses.photometric import (
     MultiScaleReprojection,
+    best_reprojection_error,
     min_reprojection_loss,
     multiscale_reprojection_loss,
     photometric_error,
@@ -14,6 +15,7 @@ from kd_depth_core.losses.smoothness import DEFAULT_SMOOTHNESS_WEIGHT, edge_awar
 __all__ = [
     "DEFAULT_SMOOTHNESS_WEIGHT",
     "MultiScaleReprojection",
+    "best_reprojection_error",
     "edge_aware_smoothness",
     "min_reprojection_loss",
     "multiscale_reprojection_loss",

@@ -172,6 +172,13 @@ def warp_right_to_left(right: torch.Tensor, depth_left: torch.Tensor, K: torch.T
     return geometry.warp(right, depth_left, K, geometry.stereo_pose(baseline).to(depth_left))
 
 
+def best_reprojection_error(warped: torch.Tensor, target: torch.Tensor, alpha: float = 0.85) -> torch.Tensor:
+    """Per-pixel minimum (B,1,H,W) over sources of the photometric error of warped sources (B,S,C,H,W)."""
+    batch, num_sources = warped.shape[:2]
+    errors = photometric_error(warped.flatten(0, 1), target.repeat_interleave(num_sources, 0), alpha)
+    return errors.reshape(batch, num_sources, *errors.shape[-2:]).min(1, keepdim=True).values
+
+
 def stereo_photometric_error(depth_left: torch.Tensor, left: torch.Tensor, right: torch.Tensor, K: torch.Tensor,
                              baseline: torch.Tensor, alpha: float = 0.85) -> torch.Tensor:
     """Per-pixel error (B,1,H,W) of the left image reconstructed from the right with the known baseline."""

@@ -24,6 +24,7 @@ class TransformerDiscriminator(nn.Module):
     """Patch tokens -> transformer encoder -> CLS/mean token -> score (B,). See the module docstring."""
 
     input_names: tuple[str, ...] = ("depth", "image")
+    input_channels: tuple[int, ...] = (1, 3)
 
     def __init__(self, *, use_image: bool = True, input_size: Sequence[int] = (96, 128), patch_size: int = 8,
                  embed_dim: int = 96, depth: int = 3, num_heads: int = 4, mlp_ratio: float = 2.0,
@@ -41,6 +42,8 @@ class TransformerDiscriminator(nn.Module):
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling: expected 'cls' or 'mean', got {pooling!r}")
         self.use_image = bool(use_image)
+        self.input_names = ("depth", "image") if self.use_image else ("depth",)  # what forward takes
+        self.input_channels = (1, 3) if self.use_image else (1,)  # per input, as models.flops.example_inputs reads
         self.input_size = (height, width)
         self.pooling = pooling
         self.in_channels = 1 + (3 if self.use_image else 0)

@@ -14,6 +14,7 @@ position embeddings resampled to `img_size`).
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
@@ -24,6 +25,8 @@ from typing import Any
 import timm
 import torch
 import torch.nn as nn
+
+from .registry import ModelConfigError
 
 
 def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -77,7 +80,11 @@ def create_timm_backbone(backbone: str, *, weights_path: str | os.PathLike | Non
     the first missing keys.
     """
     if not timm.is_model(backbone):
-        raise ValueError(f"backbone {backbone!r} is not a timm model name (see timm.list_models())")
+        close = difflib.get_close_matches(str(backbone), timm.list_models(), n=3, cutoff=0.6)
+        family = re.match(r"[A-Za-z]*", str(backbone)).group(0)  # 'lcnet_05' -> 'lcnet'; always matches
+        raise ModelConfigError(f"backbone {backbone!r} is not a timm model name"
+                               + (f" (did you mean {', '.join(close)}?)" if close else "")
+                               + f"; list them with `python -c \"import timm; print(timm.list_models('{family}*'))\"`")
     if weights_path is None:
         return timm.create_model(backbone, pretrained=False, **timm_kwargs)
     state = load_weights_file(weights_path)

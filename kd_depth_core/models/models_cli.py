@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from kd_depth_core.models import create_model, list_families, list_models, model_info
 from kd_depth_core.models.flops import count_parameters, model_flops
@@ -16,9 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.height < 1 or args.width < 1:
-        raise SystemExit(f"--height/--width must be positive, got {args.height}x{args.width}")
+        print(f"kd-depth models: --height/--width: expected positive pixels, got {args.height}x{args.width}",
+              file=sys.stderr)
+        return 2
     print(f"{'model':<28}{'family':<16}{'params (M)':>11}{'GFLOPs':>9}  {'size (WxH)':<11} description")
     failures: list[str] = []
+    snapped = False
     for name in list_models(args.family):
         info = model_info(name)
         model = create_model(name)
@@ -33,11 +37,14 @@ def run(args: argparse.Namespace) -> int:
                 failures.append(f"{name}: FLOPs not counted ({type(error).__name__}: {str(error).splitlines()[0]})")
             else:
                 gflops = f"{flops / 1e9:.2f}"
-                size_text = f"{width}x{height}" + ("*" if (height, width) != (args.height, args.width) else "")
+                star = (height, width) != (args.height, args.width)
+                snapped |= star
+                size_text = f"{width}x{height}" + ("*" if star else "")
         print(f"{name:<28}{info['family']:<16}{params:>11.2f}{gflops:>9}  {size_text:<11} {info['description']}")
     if not args.no_flops:
         print(f"\nGFLOPs at batch 1, one multiply-add = 2 FLOPs, counted by tracing a forward at "
-              f"{args.width}x{args.height}; * = snapped to the model's size multiple (model.size_multiple).")
+              f"{args.width}x{args.height}" + ("; * = snapped to the model's size multiple (model.size_multiple)."
+                                             if snapped else "."))
     for line in failures:
         print(line)
     return 0

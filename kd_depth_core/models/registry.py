@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,11 @@ import torch.nn as nn
 
 INIT_ONLY_KWARGS: frozenset[str] = frozenset({"weights_path"})
 """Builder arguments that only affect initialisation and are left out of `model_spec`."""
+
+
+class ModelConfigError(ValueError):
+    """A model name or keyword argument that cannot build a model (unknown model, unknown or invalid argument,
+    unknown timm backbone); the message names the model and the argument and says what is valid."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,8 @@ def _entry(name: str) -> ModelEntry:
     try:
         return _MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(sorted(_MODELS))}") from None
+        raise ModelConfigError(f"unknown model {name!r}; registered models: {', '.join(sorted(_MODELS))} "
+                               "(`kd-depth models` describes them)") from None
 
 
 def _resolved_kwargs(entry: ModelEntry, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -66,7 +73,7 @@ def _resolved_kwargs(entry: ModelEntry, kwargs: dict[str, Any]) -> dict[str, Any
         bound = signature.bind(**kwargs)
     except TypeError as error:
         valid = [p.name for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
-        raise ValueError(f"model {entry.name!r}: {error}; valid parameters: {', '.join(valid)}") from None
+        raise ModelConfigError(f"model {entry.name!r}: {error}; valid parameters: {', '.join(valid)}") from None
     bound.apply_defaults()
     resolved: dict[str, Any] = {}
     for key, value in bound.arguments.items():
@@ -81,7 +88,19 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build the registered model `name` with `kwargs`; sets `model.model_spec = {'name', 'kwargs'}`."""
     entry = _entry(name)
     spec_kwargs = _resolved_kwargs(entry, kwargs)
-    model = entry.builder(**kwargs)
+    try:
+        model = entry.builder(**kwargs)
+    except ModelConfigError:
+        raise
+    except ValueError as error:  # the builders' argument checks: a value the caller chose
+        raise ModelConfigError(f"model {name!r}: {error}") from error
+    except TypeError as error:  # an argument passed on (e.g. to timm) that the receiver does not take
+        unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(error))
+        if unexpected is None or unexpected.group(1) not in kwargs:
+            raise
+        valid = [p.name for p in inspect.signature(entry.builder).parameters.values() if p.kind != p.VAR_KEYWORD]
+        raise ModelConfigError(f"model {name!r}: unknown argument {unexpected.group(1)!r} ({error}); valid "
+                               f"parameters: {', '.join(valid)} and those of its timm backbone") from error
     model.model_spec = {"name": name, "kwargs": copy.deepcopy(spec_kwargs)}
     return model
 

@@ -16,22 +16,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kd_depth_core import geometry
 from kd_depth_core.config import ConfigError, TrainConfig
-from kd_depth_core.losses import (
-    multiscale_reprojection_loss,
-    multiscale_smoothness,
-    photometric_error,
-    stereo_photometric_error,
-)
-from kd_depth_core.losses.proxy import proxy_depth, proxy_loss, proxy_mask
+from kd_depth_core.losses import best_reprojection_error, multiscale_reprojection_loss, multiscale_smoothness
+from kd_depth_core.train.proxy_supervision import ProxySupervision, full_resolution
 from kd_depth_core.train.tasks import Task, register_task, to_panel
 
 log = logging.getLogger("kd_depth_core.train")
@@ -244,31 +237,15 @@ class SelfSupervisedTask(Task):
         self.scale_kind = "metric" if self.photometric.use_stereo else "relative"
         self.deploy_stereo = self.stereo_input
         self.deploy_has_uncertainty = self.has_uncertainty
-        self.proxy = self._proxy_source(cfg) if opt.proxy_weight > 0 else None
-
-    def _proxy_source(self, cfg: TrainConfig):
-        """The SGBM proxy the dataset attaches to each sample (`proxy_weight` > 0)."""
-        from kd_depth_core.classical.proxy_cache import ProxySource
-        from kd_depth_core.classical.sgbm import SGBMSettings
-
-        where = f"{cfg.source}: task.kwargs"
-        if not cfg.data.stereo:
-            raise ConfigError(f"{where}.proxy_weight: SGBM proxy supervision needs the right images; set "
-                              f"data.stereo: true, or task.kwargs.proxy_weight=0")
-        settings = {"min_depth": self.options.min_depth, **self.options.proxy_sgbm}
-        try:
-            sgbm = SGBMSettings(**settings)
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"{where}.proxy_sgbm: {error}") from None
-        cache = self.options.proxy_cache_dir or str(Path(cfg.train.out_dir) / "proxy_cache")
-        return ProxySource(sgbm, cache)
+        self.proxy = ProxySupervision(cfg, opt.proxy_sgbm, opt.proxy_cache_dir, opt.min_depth, opt.max_depth,
+                                      opt.ssim_weight, where) if opt.proxy_weight > 0 else None
 
     # ----------------------------------------------------------------------- pieces
     def dataset_options(self) -> dict[str, Any]:
         """Stereo-only training loads no temporal sources; proxy supervision asks for the SGBM proxy."""
         options = self.photometric.dataset_options()
         if self.proxy is not None:
-            options["proxy"] = self.proxy
+            options.update(self.proxy.dataset_options())
         return options
 
     def deploy_model(self) -> nn.Module:
@@ -321,45 +298,19 @@ class SelfSupervisedTask(Task):
                 loss = loss + opt.uncertainty_weight * nll
                 parts["uncertainty_nll"] = nll.detach()
             if self.proxy is not None:
-                proxy, fraction = self._proxy_loss(batch, disps, reprojection.warped, target, batch["K"].float())
-                loss = loss + opt.proxy_weight * proxy
-                parts["proxy"], parts["proxy_fraction"] = proxy.detach(), fraction
+                proxy = self.proxy.terms(batch, disps, best_reprojection_error(reprojection.warped, target,
+                                                                               opt.ssim_weight))
+                loss = loss + opt.proxy_weight * proxy.loss
+                parts["proxy"], parts["proxy_fraction"] = proxy.loss.detach(), proxy.fraction
         return {"loss": loss, **parts}
-
-    def _proxy_loss(self, batch: dict[str, Any], disps: list[torch.Tensor], warped: torch.Tensor,
-                    target: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """SGBM proxy term (losses/proxy.py) and the fraction of pixels it supervised."""
-        if "proxy_disparity" not in batch:
-            raise ValueError("batch has no 'proxy_disparity': build the dataset with task.dataset_options()")
-        baseline = batch["baseline"].float()
-        hint, confident = proxy_depth(batch["proxy_disparity"].float(), K[:, 0, 0] * baseline)
-        with torch.no_grad():
-            hint_error = stereo_photometric_error(hint, target, batch["image_right"].float(), K, baseline,
-                                                  self.options.ssim_weight)
-            mask = proxy_mask(confident, hint_error, self._best_residual(warped, target))
-        depths = [geometry.disp_to_depth(self._full_resolution(d, target), self.min_depth, self.max_depth)[1]
-                  for d in disps]
-        return proxy_loss(depths, hint, mask), mask.float().mean()
-
-    @staticmethod
-    def _full_resolution(disp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if disp.shape[-2:] == target.shape[-2:]:
-            return disp
-        return F.interpolate(disp, size=target.shape[-2:], mode="bilinear", align_corners=False)
-
-    def _best_residual(self, warped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-pixel minimum (B,1,H,W) over sources of the photometric error of the warped sources."""
-        batch, num_sources = warped.shape[:2]
-        errors = photometric_error(warped.flatten(0, 1), target.repeat_interleave(num_sources, 0),
-                                   self.options.ssim_weight)
-        return errors.reshape(batch, num_sources, *errors.shape[-2:]).min(1, keepdim=True).values
 
     def _uncertainty_loss(self, log_sigma: torch.Tensor, disp0: torch.Tensor, warped: torch.Tensor,
                           target: torch.Tensor, automask: torch.Tensor) -> torch.Tensor:
         """NLL of the full-resolution residual (best warped source) under sigma = exp(log_sigma)."""
         with torch.no_grad():
-            residual = self._best_residual(warped, target)
-            _, depth = geometry.disp_to_depth(self._full_resolution(disp0, target), self.min_depth, self.max_depth)
+            residual = best_reprojection_error(warped, target, self.options.ssim_weight)
+            _, depth = geometry.disp_to_depth(full_resolution(disp0, target.shape[-2:]), self.min_depth,
+                                              self.max_depth)
         return photometric_uncertainty_nll(residual, log_sigma, depth, automask, self.options.uncertainty_loss)
 
     @torch.no_grad()

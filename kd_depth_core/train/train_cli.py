@@ -15,7 +15,14 @@ import sys
 
 from torch.utils.data import Dataset
 
-from kd_depth_core.config import ConfigError, TrainConfig, dump_yaml, load_train_config
+from kd_depth_core.config import (
+    ConfigError,
+    TrainConfig,
+    dump_yaml,
+    load_train_config,
+    load_yaml_mapping,
+    name_the_override,
+)
 from kd_depth_core.train.tasks import Task
 
 log = logging.getLogger("kd_depth_core.train")
@@ -75,6 +82,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
+def _file_mapping(path) -> dict:
+    """The config file's mapping before overrides ({} when it cannot be read: the error said so already)."""
+    try:
+        return load_yaml_mapping(path)
+    except ConfigError:
+        return {}
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
@@ -87,8 +102,9 @@ def run(args: argparse.Namespace) -> int:
             print(dump_yaml(cfg), end="")
             return 0
         result = train_from_config(cfg)
-    except ConfigError as error:
-        print(f"{getattr(args, 'prog', 'kd-depth train')}: {error}", file=sys.stderr)
+    except ConfigError as error:  # a task's error about a key set on the command line names the override
+        message = name_the_override(str(error), str(args.config), _file_mapping(args.config), args.overrides)
+        print(f"{getattr(args, 'prog', 'kd-depth train')}: {message}", file=sys.stderr)
         return 2
     if rank == 0:
         print(f"trained {result.step} steps ({result.nonfinite_steps} skipped as non-finite); "

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from kd_depth_core.data.sequence import decode_depth_png
+from kd_depth_core.utils.quiet_codecs import call_quietly
 
 MAX_LISTED_MISSING = 10
 
@@ -49,17 +50,17 @@ class MissingFilesError(FileNotFoundError):
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """uint8 (H,W,3) RGB image; a clear error if the file is missing or not an image."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    image, said = call_quietly(cv2.imread, str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise ValueError(f"{path}: missing, unreadable or not an image")
+        raise ValueError(f"{path}: missing, unreadable or not an image{f' ({said})' if said else ''}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def read_uint16_depth_png(path: str | os.PathLike, scale: float = 256.0) -> np.ndarray:
     """float32 metres from a single-channel uint16 PNG of ``metres * scale`` (0 = invalid)."""
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    raw, said = call_quietly(cv2.imread, str(path), cv2.IMREAD_UNCHANGED)
     if raw is None:
-        raise ValueError(f"{path}: missing, unreadable or not a PNG")
+        raise ValueError(f"{path}: missing, unreadable or not a PNG{f' ({said})' if said else ''}")
     if raw.dtype != np.uint16 or raw.ndim != 2:
         raise ValueError(f"{path}: expected a single-channel uint16 depth PNG, got {raw.dtype.name} {raw.shape}")
     if scale == 256.0:

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         spec.check()
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"kd-depth synth: {exc}", file=sys.stderr)
         return 2
     if os.path.exists(args.out) and not args.force:
         print(f"kd-depth synth: error: --out {args.out} already exists; pass --force to replace it or choose "
