@@ -165,33 +165,8 @@ def image_msg_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
     return decode_rgb8(msg)
 
 
-# --------------------------------------------------------------------------- CompressedImage <-> numpy
-def compressed_to_numpy(msg: CompressedImage) -> tuple[np.ndarray, str]:
-    """``sensor_msgs/CompressedImage`` (jpeg / png, as image_transport writes them) -> (array, encoding).
-
-    Colour images come back as ``rgb8`` or ``rgba8``; gray ones as ``mono8`` / ``mono16`` (16-bit PNG).
-    The ``compressedDepth`` transport (a custom header before the PNG) is not supported.
-    """
-    fmt = msg.format.lower()
-    if "compresseddepth" in fmt:
-        raise ValueError(f"format: {msg.format!r} (compressedDepth) is not supported; use jpeg or png")
-    if fmt and not any(name in fmt for name in (*COMPRESSED_FORMATS, "jpg")):
-        raise ValueError(f"format: unsupported {msg.format!r}; expected jpeg or png")
-    buffer = np.frombuffer(msg.data, dtype=np.uint8)
-    if buffer.size == 0:
-        raise ValueError("data: empty CompressedImage")
-    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(f"data: {buffer.size} bytes could not be decoded as {msg.format or 'jpeg/png'}")
-    if image.ndim == 2:
-        return image, ("mono16" if image.dtype == np.uint16 else "mono8")
-    if image.dtype != np.uint8:
-        image = (image >> 8).astype(np.uint8)  # 16-bit colour PNG -> 8 bits per channel
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA), "rgba8"
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), "rgb8"
-
-
+# --------------------------------------------------------------------------- numpy -> CompressedImage
+# (decoding: image_decode.decode_compressed, the one camera decoder)
 def numpy_to_compressed(image: np.ndarray, fmt: str = "jpeg", header: Header | None = None,
                         jpeg_quality: int = 90) -> CompressedImage:
     """RGB uint8 (H, W, 3) or gray (H, W) uint8/uint16 (png only) -> ``sensor_msgs/CompressedImage``."""

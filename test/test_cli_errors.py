@@ -151,7 +151,10 @@ def one_error_line(done: subprocess.CompletedProcess, prefix: str) -> str:
     (["model.kwargs.widht=3"], r"model 'student_lcnet': .*'widht'; valid parameters: backbone, "),
     (["optim.lr=fast"], r"override 'optim.lr=fast' \(command line\): optim.lr: expected a number"),
     (["train.stepz=3"], r"override 'train.stepz=3' \(command line\): train.stepz: unknown key; valid keys: "),
-], ids=["unknown_backbone", "unknown_model", "unknown_model_argument", "bad_override_value", "unknown_override_key"])
+    (["data.batch_size=4096"], r"override 'data.batch_size=4096' \(command line\): data.batch_size: the training "
+                               r"split has \d+ samples, fewer than data.batch_size \(4096\)"),
+], ids=["unknown_backbone", "unknown_model", "unknown_model_argument", "bad_override_value", "unknown_override_key",
+        "batch_larger_than_the_data"])
 def test_ordinary_config_mistakes_are_one_line_naming_them(inputs, tmp_path, overrides, expected):
     done = run_kd_depth(train_argv(inputs, f"train.out_dir={tmp_path / 'run'}", *overrides), tmp_path)
     assert re.search(expected, one_error_line(done, "kd-depth train: ")), done.stderr[-2000:]

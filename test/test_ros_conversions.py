@@ -122,32 +122,31 @@ def test_compressed_png_is_exact_and_jpeg_close():
     rgb = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
     msg = conversions.numpy_to_compressed(rgb, "png")
     assert msg.format == "png"
-    image, encoding = conversions.compressed_to_numpy(msg)
-    assert encoding == "rgb8"
-    np.testing.assert_array_equal(image, rgb)  # channel order survives OpenCV's BGR
+    np.testing.assert_array_equal(conversions.image_msg_to_rgb(msg), rgb)  # channel order survives OpenCV's BGR
     mono16 = rng.integers(0, 65536, (5, 7), dtype=np.uint16)
-    image, encoding = conversions.compressed_to_numpy(conversions.numpy_to_compressed(mono16, "png"))
-    assert encoding == "mono16"
-    np.testing.assert_array_equal(image, mono16)
+    gray = conversions.image_msg_to_rgb(conversions.numpy_to_compressed(mono16, "png"))
+    expected = ((mono16.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # the one 16 -> 8 bit rule
+    np.testing.assert_array_equal(gray, np.repeat(expected[..., None], 3, axis=2))
     flat = np.zeros((16, 16, 3), np.uint8)
     flat[...] = (200, 100, 50)
     jpeg = conversions.numpy_to_compressed(flat, "jpeg")
     jpeg.format = "rgb8; jpeg compressed bgr8"  # what image_transport writes
     rgb_back = conversions.image_msg_to_rgb(jpeg)
     assert np.abs(rgb_back.astype(int) - flat).max() <= 3
+    assert not hasattr(conversions, "compressed_to_numpy")  # one camera decoder (image_decode), not two
 
 
 def test_compressed_errors_name_the_field():
     with pytest.raises(ValueError, match="^data: empty"):
-        conversions.compressed_to_numpy(CompressedImage(format="jpeg"))
+        conversions.image_msg_to_rgb(CompressedImage(format="jpeg"))
     garbage = CompressedImage(format="png")
     garbage.data = array.array("B", b"not a png at all")
     with pytest.raises(ValueError, match="^data: 16 bytes could not be decoded"):
-        conversions.compressed_to_numpy(garbage)
+        conversions.image_msg_to_rgb(garbage)
     with pytest.raises(ValueError, match="^format: .*compressedDepth"):
-        conversions.compressed_to_numpy(CompressedImage(format="16UC1; compressedDepth png"))
+        conversions.image_msg_to_rgb(CompressedImage(format="16UC1; compressedDepth png"))
     with pytest.raises(ValueError, match="^format: unsupported 'theora'"):
-        conversions.compressed_to_numpy(CompressedImage(format="theora"))
+        conversions.image_msg_to_rgb(CompressedImage(format="theora"))
 
 
 def test_depth_millimetres_and_metres():

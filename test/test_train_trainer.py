@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from kd_depth_core.config import TrainConfig, config_from_dict
+from kd_depth_core.config import ConfigError, TrainConfig, config_from_dict
 from kd_depth_core.train import checkpoint as ckpt
 from kd_depth_core.train.tasks import Task
 from kd_depth_core.train.trainer import Trainer, lr_factor
@@ -217,5 +217,6 @@ def test_lr_schedule_shapes():
 def test_too_small_dataset_is_a_clear_error(tmp_path):
     cfg = make_cfg(tmp_path)
     cfg.data.batch_size = 64
-    with pytest.raises(ValueError, match=r"training set has 32 samples: fewer than data.batch_size \(64\)"):
+    with pytest.raises(ConfigError, match=r"data.batch_size: the training split has 32 samples, fewer than "
+                                          r"data.batch_size \(64\)"):
         Trainer(cfg, ToyTask(cfg), ToyDataset())

@@ -190,8 +190,9 @@ class Trainer:
                                         seed=cfg.train.seed)
         self.steps_per_epoch = self.sampler.num_samples // batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(f"training set has {len(train_dataset)} samples: fewer than data.batch_size "
-                             f"({batch_size}) x processes ({self.env.world_size}); lower data.batch_size")
+            raise ConfigError(f"{cfg.source}: data.batch_size: the training split has {len(train_dataset)} samples, "
+                              f"fewer than data.batch_size ({batch_size}) x processes ({self.env.world_size}); "
+                              "lower data.batch_size or add sequences to the split")
         self.loader_generator = torch.Generator()
         self.train_loader = DataLoader(train_dataset, batch_size=batch_size, sampler=self.sampler, drop_last=True,
                                        num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
