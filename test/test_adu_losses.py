@@ -98,6 +98,23 @@ def test_focal_weight_is_monotonic_and_matches_hand_values():
         focal_weight(errors, 0.1, -1.0)
 
 
+def test_a_focal_floor_keeps_the_easy_pixels_gradient():
+    # floor 1: weight 1 + (1 - e^(-e/tau))^gamma, so an exact pixel weighs 1 and a very wrong one 2
+    assert float(focal_weight(torch.tensor(0.0), 0.1, 2.0, floor=1.0)) == 1.0
+    assert float(focal_weight(torch.tensor(0.1), 0.1, 2.0, floor=1.0)) == pytest.approx(1 + (1 - math.exp(-1)) ** 2)
+    assert float(focal_weight(torch.tensor(5.0), 0.1, 2.0, floor=1.0)) == pytest.approx(2.0)
+    # a pixel 1 % off: the pure focal loss hardly moves it (gradient ~ e^2 / tau^2), the floored one does
+    target = torch.full((1, 1, 1, 1), 10.0)
+    grads = {}
+    for floor in (0.0, 1.0):
+        pred = (target * math.exp(0.01)).requires_grad_()
+        focal_depth_loss(pred, target, tau=0.1, gamma=2.0, floor=floor).backward()
+        grads[floor] = float(pred.grad)
+    assert grads[0.0] < 0.05 * grads[1.0] and grads[1.0] == pytest.approx(1 / float(target * math.exp(0.01)), rel=0.1)
+    with pytest.raises(ValueError, match="floor: expected a number >= 0"):
+        focal_weight(torch.tensor(0.1), 0.1, 2.0, floor=-1.0)
+
+
 def test_focal_depth_loss_by_hand_and_hard_pixels_dominate():
     target = torch.full((1, 1, 2, 3), 10.0)
     assert float(focal_depth_loss(target.clone(), target)) == 0.0

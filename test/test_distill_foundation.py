@@ -231,3 +231,19 @@ def test_alignment_errors_name_the_field(world, stereo, task, message):
     cfg = make_cfg(world, "bad_align", stereo=stereo, task={"photometric_weight": 0.0, **task})
     with pytest.raises(ConfigError, match=message):
         create_task(cfg.task.name, cfg)
+
+
+def test_the_shipped_config_aligns_to_the_proxy_with_stereo_and_says_how_to_go_without(world):
+    from kd_depth_core.config import load_train_config
+
+    shipped = Path(__file__).resolve().parents[1] / "config" / "train" / "distill_foundation.yaml"
+    common = [f"data.root={world['root']}", f"data.size=[{SIZE[0]},{SIZE[1]}]", f"task.kwargs.teacher_path={world['teacher']}",
+              f"train.out_dir={world['base'] / 'shipped'}", "task.kwargs.pose_kwargs={backbone: lcnet_050}"]
+    task = create_task("distill_foundation", load_train_config(shipped, common))
+    assert task.alignment is not None and task.scale_kind == "metric" and "proxy" in task.dataset_options()
+    assert task.alignment.settings.upsample == 2 and task.options.variance_focus == 0.0
+    with pytest.raises(ConfigError, match=r"align_to_proxy: false \(a relative student\)"):
+        create_task("distill_foundation", load_train_config(shipped, [*common, "data.stereo=false"]))
+    mono = create_task("distill_foundation", load_train_config(
+        shipped, [*common, "data.stereo=false", "task.kwargs.align_to_proxy=false"]))
+    assert mono.scale_kind == "relative" and mono.alignment is None

@@ -12,7 +12,8 @@ the left image. Loss terms (all computed in float32):
   and by the uncertainty weights pooled to that resolution; the mean over pairings.
 - Focal-depth-adapted response distillation (`response_weight`): every student output scale,
   upsampled to full resolution, against the teacher depth with `losses.adu.focal_depth_loss`
-  ((1 - exp(-e/tau))^gamma * e of the log-depth error e: hard pixels count most), per-scale
+  ((floor + (1 - exp(-e/tau))^gamma) * e of the log-depth error e: hard pixels count most; `focal_floor`
+  1 keeps the easy pixels' gradient, which the pure focal factor lets vanish), per-scale
   weights `scale_weights` (method 1's 1, 1/2, 1/4, 1/8).
 - Uncertainty modelling: the teacher's sigma (its `log_sigma` head) gives inverse-variance weights
   1 / ((sigma_t/depth_t)^2 + `uncertainty_eps`), mean 1, that scale both terms
@@ -150,6 +151,7 @@ class ADUDepthTask(StudentDistillation):
         scale_weights: tuple[float, ...] = DEFAULT_SCALE_WEIGHTS  # student output scales 0..3
         focal_tau: float = 0.1  # log-depth error scale of the focal factor
         focal_gamma: float = 2.0  # 0 = plain L1 of log depth
+        focal_floor: float = 0.0  # added to the focal factor: 1 keeps easy pixels at the L1 weight (no vanishing)
         teacher_uncertainty_weighting: bool = True  # weights 1 / ((sigma_t/d_t)^2 + eps) on both terms
         uncertainty_eps: float = 0.01  # relative variance at which a pixel's weight halves
         target_min_depth: float = 0.0  # metres; pixels with teacher depth <= this are left out
@@ -203,7 +205,7 @@ class ADUDepthTask(StudentDistillation):
         if not cfg.model.name:
             raise ConfigError(f"{cfg.source}: model.name: expected a registered student model (e.g. student_lcnet)")
         for name in ("feature_weight", "response_weight", "photometric_weight", "uncertainty_weight",
-                     "target_min_depth", "focal_gamma"):
+                     "target_min_depth", "focal_gamma", "focal_floor"):
             if getattr(opt, name) < 0:
                 raise ConfigError(f"{where}.{name}: expected a number >= 0, got {getattr(opt, name)}")
         if opt.feature_weight == 0 and opt.response_weight == 0 and opt.photometric_weight == 0:
@@ -283,7 +285,8 @@ class ADUDepthTask(StudentDistillation):
             if disp.shape[-2:] != teacher_depth.shape[-2:]:
                 disp = F.interpolate(disp, size=teacher_depth.shape[-2:], mode="bilinear", align_corners=False)
             depth = geometry.disp_to_depth(disp, self.min_depth, self.max_depth)[1]
-            per_scale.append(focal_depth_loss(depth, teacher_depth, weight, opt.focal_tau, opt.focal_gamma))
+            per_scale.append(focal_depth_loss(depth, teacher_depth, weight, opt.focal_tau, opt.focal_gamma,
+                                              opt.focal_floor))
         weights = torch.tensor(opt.scale_weights, dtype=per_scale[0].dtype, device=per_scale[0].device)
         return (torch.stack(per_scale) * weights).sum() / weights.sum(), per_scale
 

@@ -82,21 +82,26 @@ def attention_feature_loss(student: torch.Tensor, teacher: torch.Tensor,
     return _weighted_mean(error, weight)
 
 
-def focal_weight(error: torch.Tensor, tau: float = 0.1, gamma: float = 2.0) -> torch.Tensor:
-    """Focal modulation (1 - exp(-error / tau))^gamma of a non-negative error: 0 at 0, rising to 1.
+def focal_weight(error: torch.Tensor, tau: float = 0.1, gamma: float = 2.0, floor: float = 0.0) -> torch.Tensor:
+    """Focal modulation floor + (1 - exp(-error / tau))^gamma of a non-negative error: floor at 0, rising to
+    floor + 1.
 
-    Monotonically non-decreasing in the error: pixels with error << tau are nearly ignored, pixels
-    with error >> tau count fully. ``gamma = 0`` gives 1 everywhere (no focusing).
+    Monotonically non-decreasing in the error: with ``floor = 0`` pixels with error << tau are nearly ignored
+    (their gradient vanishes as error^(gamma+1)), pixels with error >> tau count fully; ``floor = 1`` keeps
+    every pixel at least at the plain L1 weight and hard ones at up to twice it. ``gamma = 0`` gives a
+    constant (no focusing).
     """
     if not tau > 0:
         raise ValueError(f"tau: expected a positive error scale, got {tau}")
     if not gamma >= 0:
         raise ValueError(f"gamma: expected a number >= 0, got {gamma}")
-    return (1.0 - torch.exp(-error.clamp_min(0) / tau)).pow(gamma)
+    if not floor >= 0:
+        raise ValueError(f"floor: expected a number >= 0, got {floor}")
+    return floor + (1.0 - torch.exp(-error.clamp_min(0) / tau)).pow(gamma)
 
 
 def focal_depth_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-                     tau: float = 0.1, gamma: float = 2.0) -> torch.Tensor:
+                     tau: float = 0.1, gamma: float = 2.0, floor: float = 0.0) -> torch.Tensor:
     """Focal-depth response distillation between depths (B,1,H,W) in metres. Scalar, 0 when pred == target.
 
     e = |log pred - log target| (relative error, dimensionless); per pixel focal_weight(e) * e,
@@ -109,7 +114,7 @@ def focal_depth_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Ten
     if weight is not None:
         _check_map("weight", weight, pred.shape[0], tuple(pred.shape[-2:]))
     error = (torch.log(pred.clamp_min(1e-6)) - torch.log(target.clamp_min(1e-6))).abs()
-    return _weighted_mean(focal_weight(error, tau, gamma) * error, weight)
+    return _weighted_mean(focal_weight(error, tau, gamma, floor) * error, weight)
 
 
 def inverse_variance_weights(sigma: torch.Tensor, depth: torch.Tensor, eps: float = 0.01,
