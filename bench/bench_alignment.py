@@ -5,7 +5,7 @@ For each model given, on the held-out frames of a stereo sequence root: its dept
 aligned per image to the pair's SGBM proxy exactly as task 'distill_foundation' does with
 `align_to_proxy` (`losses.ssi.ssi_alignment` of its inverse depth onto d_sgbm / (fx·B) over SGBM's
 confident pixels, 20 % trimmed) — the labels a student then learns from. AbsRel per image, averaged;
-ground truth in (0, 80] m; predictions clipped to [1e-3, 80] m.
+ground truth in (1e-3, 80] m; predictions clipped to [1e-3, 80] m (`eval.metrics.score_image`).
 
     python bench/bench_alignment.py --data demo_output/synth/street --model runs/teacher_supervised/model.safetensors
 """
@@ -26,16 +26,16 @@ import torch  # noqa: E402
 from kd_depth_core import geometry  # noqa: E402
 from kd_depth_core.classical.sgbm import SGBMSettings, sgbm_disparity  # noqa: E402
 from kd_depth_core.data.dataset import SequenceDataset  # noqa: E402
+from kd_depth_core.eval.metrics import score_image  # noqa: E402
 from kd_depth_core.losses.ssi import ssi_alignment  # noqa: E402
 from kd_depth_core.models.io import load_model  # noqa: E402
 
 MAX_DEPTH = 80.0
 
 
-def abs_rel(pred: np.ndarray, gt: np.ndarray) -> float:
-    valid = (gt > 0) & (gt <= MAX_DEPTH)
-    pred = np.clip(pred, 1e-3, MAX_DEPTH)
-    return float(np.mean(np.abs(pred[valid] - gt[valid]) / gt[valid]))
+def abs_rel(pred: np.ndarray, gt: np.ndarray, median_scaling: bool = False) -> float:
+    """`kd-depth evaluate`'s per-image AbsRel (eval.metrics.score_image), gt in (1e-3, 80] m."""
+    return score_image(gt, pred, max_depth=MAX_DEPTH, median_scaling=median_scaling).metrics["abs_rel"]
 
 
 @torch.no_grad()
@@ -53,10 +53,8 @@ def score(path: Path, data: SequenceDataset, settings: SGBMSettings, trim: float
         fx, baseline = float(sample["K"][0, 0]), float(sample["baseline"])
         disparity, _ = sgbm_disparity(left, right, settings, fx=fx, baseline=baseline)
         confident = disparity > 0
-        valid = (gt > 0) & (gt <= MAX_DEPTH)
         rows["metric"].append(abs_rel(1.0 / inverse, gt))
-        ratio = np.median(gt[valid]) / np.median(1.0 / inverse[valid])
-        rows["median-scaled"].append(abs_rel(ratio / inverse, gt))
+        rows["median-scaled"].append(abs_rel(1.0 / inverse, gt, median_scaling=True))
         target = np.where(confident, disparity / (fx * baseline), 0.0).astype(np.float32)
         scale, shift, _ = ssi_alignment(torch.from_numpy(inverse)[None, None], torch.from_numpy(target)[None, None],
                                         torch.from_numpy(confident)[None, None], trim)
