@@ -4,7 +4,7 @@ Rows: OpenCV SGBM (no learning), the per-pixel mean layout of the test frames (a
 and every model given, as a released file (`--model`) or as a training run's checkpoints
 (`--run DIR --steps 150,300`: each checkpoint is exported next to it as `model_step<N>.safetensors`
 with the run's own metadata). Every row uses `kd-depth evaluate`'s code path and protocol
-(`sequence`, metric, no median scaling, 80 m cap, every `--stride`-th test frame); the last two columns
+(`sequence`, metric, no median scaling, 80 m cap, every `--stride`-th frame of `--split`, default test); the last two columns
 are the same frames median-scaled, with the median of the per-image ratios median(gt)/median(pred)
 (1 = metric scale exactly) and their spread.
 
@@ -74,6 +74,8 @@ def main() -> int:
     parser.add_argument("--model-kwarg", action="append", default=[],
                         help="key=int for checkpoints of runs made before a model option existed")
     parser.add_argument("--stride", type=int, default=2)
+    parser.add_argument("--split", default="test", help="'train' scores the frames the models learned from "
+                        "(a generalisation check: e.g. --split train --stride 15)")
     parser.add_argument("--limit", type=int, default=120)
     args = parser.parse_args()
 
@@ -90,8 +92,9 @@ def main() -> int:
             models.append((f"{run.name} step {step}", export_checkpoint(run, step, extra)))
         if (run / "model.safetensors").is_file():
             models.append((f"{run.name} final", run / "model.safetensors"))
-    mono = open_benchmark("sequence", args.data, split="test", stride=args.stride, limit=args.limit)
-    stereo = open_benchmark("sequence", args.data, split="test", stride=args.stride, limit=args.limit, right=True)
+    mono = open_benchmark("sequence", args.data, split=args.split, stride=args.stride, limit=args.limit)
+    stereo = open_benchmark("sequence", args.data, split=args.split, stride=args.stride, limit=args.limit,
+                            right=True)
     protocol = get_protocol("sequence", median_scaling=False, max_depth=80.0)
     options = argparse.Namespace(device="cpu", scale_mode="auto", sgbm_min_depth=2.0, max_depth=80.0)
     scaled = get_protocol("sequence", median_scaling=True, max_depth=80.0)
