@@ -27,7 +27,7 @@ def export_checkpoint(run: Path, step: int, model_kwargs: dict | None = None) ->
 
     from kd_depth_core.config import TrainConfig, config_from_dict
     from kd_depth_core.models.io import save_model
-    from kd_depth_core.train.checkpoint import checkpoint_path, load_checkpoint
+    from kd_depth_core.train.checkpoint import checkpoint_path, load_checkpoint, load_task_state
     from kd_depth_core.train.tasks import create_task
 
     out = run / f"model_step{step}.safetensors"
@@ -38,12 +38,7 @@ def export_checkpoint(run: Path, step: int, model_kwargs: dict | None = None) ->
     config["model"]["kwargs"].update(model_kwargs or {})
     cfg = config_from_dict(TrainConfig, config, str(run / "config.yaml"))
     task = create_task(cfg.task.name, cfg)
-    exclude = tuple(getattr(task, "checkpoint_exclude", ()))  # a frozen teacher is not in the checkpoint
-    result = task.load_state_dict(state["task"], strict=not exclude)
-    missing = [key for key in result.missing_keys if not key.startswith(exclude)] if exclude else []
-    if missing or (exclude and result.unexpected_keys):
-        raise RuntimeError(f"{run}: checkpoint {step} does not match the task: missing {missing[:3]}, "
-                           f"unexpected {result.unexpected_keys[:3]}")
+    load_task_state(task, state["task"], str(checkpoint_path(run, step)))  # a frozen teacher is not saved
     from kd_depth_core.data.sequence import Sequence, read_split
 
     first = Sequence(Path(cfg.data.root) / read_split(cfg.data.root, cfg.data.split)[0])

@@ -125,6 +125,18 @@ def prune_checkpoints(out_dir: str | os.PathLike, keep: int) -> list[Path]:
     return old
 
 
+def load_task_state(task: torch.nn.Module, task_state: dict[str, Any], source: str = "checkpoint") -> None:
+    """Load a checkpoint's `task` entry into ``task``; keys under ``task.checkpoint_exclude`` (a frozen teacher,
+    never saved) may be missing, every other key must match. A shape mismatch raises torch's RuntimeError."""
+    exclude = tuple(getattr(task, "checkpoint_exclude", ()))
+    result = task.load_state_dict(task_state, strict=not exclude)
+    if exclude:
+        missing = [k for k in result.missing_keys if not k.startswith(exclude)]
+        if missing or result.unexpected_keys:
+            raise CheckpointError(f"{source}: task weights do not match: missing {missing[:5]}, "
+                                  f"unexpected {result.unexpected_keys[:5]}")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a training checkpoint with `torch.load(weights_only=True)` and check its format."""
     path = Path(path)

@@ -231,7 +231,7 @@ class Trainer:
     def load_state(self, state: dict[str, Any], source: str = "checkpoint") -> int:
         """Restore a checkpoint's task, optimizer, scheduler, scaler and this rank's RNG state; return its step."""
         try:
-            result = self.task.load_state_dict(state["task"], strict=not self._checkpoint_exclude)
+            ckpt.load_task_state(self.task, state["task"], source)
         except RuntimeError as error:
             saved = state.get("config")
             changed = config_changes(saved, self.cfg.to_dict(), ignore=frozenset()) if isinstance(saved, dict) else []
@@ -240,11 +240,6 @@ class Trainer:
                 f"{': ' + ', '.join(changed[:6]) if changed else ''}). Resume with the config it was written with, "
                 f"or start afresh with another train.out_dir or train.resume=''. ({str(error).splitlines()[0]})"
             ) from None
-        if self._checkpoint_exclude:
-            missing = [k for k in result.missing_keys if not k.startswith(self._checkpoint_exclude)]
-            if missing or result.unexpected_keys:
-                raise ckpt.CheckpointError(f"{source}: task weights do not match: missing {missing[:5]}, "
-                                           f"unexpected {result.unexpected_keys[:5]}")
         for kind, current in (("optimizers", self.optimizers), ("schedulers", self.schedulers)):
             saved = state.get(kind, {})
             if set(saved) != set(current):
