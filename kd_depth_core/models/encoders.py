@@ -185,6 +185,19 @@ def evenly_spaced_hooks(depth: int, count: int = 4) -> tuple[int, ...]:
     return tuple(round(depth * (i + 1) / count) - 1 for i in range(count))
 
 
+def hook_vit_blocks(body: nn.Module, backbone: str, hooks: Sequence[int] | None, count: int) -> tuple[int, ...]:
+    """Check `body` is a timm ViT, choose `count` hooked blocks (default: the last `count` of
+    `evenly_spaced_hooks(depth)`), prune the blocks after the last hook, the final norm and the head."""
+    if not hasattr(body, "forward_intermediates") or not hasattr(body, "blocks"):
+        raise ValueError(f"backbone {backbone!r} is not a timm ViT with forward_intermediates")
+    depth = len(body.blocks)
+    chosen = tuple(int(h) for h in hooks) if hooks is not None else evenly_spaced_hooks(depth)[4 - count:]
+    if len(chosen) != count or any(not 0 <= h < depth for h in chosen):
+        raise ValueError(f"hooks {chosen}: expected {count} block indices of the {depth} blocks of {backbone!r}")
+    body.prune_intermediate_layers(list(chosen), prune_norm=True, prune_head=True)
+    return chosen
+
+
 class ViTEncoder(_NormalisedEncoder):
     """A timm Vision Transformer: image in [0, 1] -> token maps of `hooks` blocks, each (B, embed_dim, H/p, W/p).
 
@@ -200,13 +213,7 @@ class ViTEncoder(_NormalisedEncoder):
         self.backbone_name = backbone
         self.body = create_timm_backbone(backbone, weights_path=weights_path, num_classes=0, dynamic_img_size=True,
                                          img_size=tuple(int(s) for s in img_size), **vit_overrides)
-        if not hasattr(self.body, "forward_intermediates") or not hasattr(self.body, "blocks"):
-            raise ValueError(f"backbone {backbone!r} is not a timm ViT with forward_intermediates")
-        depth = len(self.body.blocks)
-        self.hooks = tuple(int(h) for h in hooks) if hooks is not None else evenly_spaced_hooks(depth)
-        if any(not 0 <= h < depth for h in self.hooks):
-            raise ValueError(f"hooks {self.hooks} out of range for {backbone!r} with {depth} blocks")
-        self.body.prune_intermediate_layers(list(self.hooks), prune_norm=True, prune_head=True)
+        self.hooks = hook_vit_blocks(self.body, backbone, hooks, 4)
         patch = self.body.patch_embed.patch_size
         if patch[0] != patch[1]:
             raise ValueError(f"backbone {backbone!r}: non-square patches {patch} are not supported")
@@ -219,3 +226,44 @@ class ViTEncoder(_NormalisedEncoder):
         """(B, 3, H, W) in [0, 1] -> list of len(hooks) maps (B, embed_dim, H/p, W/p)."""
         return list(self.body.forward_intermediates(self.normalise(image), indices=list(self.hooks),
                                                     intermediates_only=True, output_fmt="NCHW"))
+
+
+class HybridViTEncoder(_NormalisedEncoder):
+    """DPT-Hybrid (Ranftl et al., ICCV 2021): a timm CNN `stem` whose stride-4 and stride-8 stages go straight
+    to the decoder, and a timm ViT (`backbone`, patch 1) over the stem's stride-16 map.
+
+    image (B, 3, H, W) in [0, 1] -> [stem map at stride 4, stem map at stride 8, token maps of the ViT's two
+    `hooks` blocks (B, embed_dim, H/16, W/16)]. The convolutional stages keep the detail a 16-px patch
+    embedding throws away, and train from scratch far faster than a patch-16 ViT. `stem_indices`: the stem
+    stages returned at strides 4, 8 and 16 (timm `out_indices`; (1, 2, 3) for ResNets). The ViT's position
+    embeddings cover `img_size` / 16; `vit_overrides` go to timm (e.g. depth=4 for a tiny test model).
+    """
+
+    def __init__(self, backbone: str, *, stem: str, stem_indices: Sequence[int] = (1, 2, 3),
+                 hooks: Sequence[int] | None = None, img_size: Sequence[int] = (192, 640),
+                 stem_weights_path: str | os.PathLike | None = None, **vit_overrides: Any) -> None:
+        super().__init__()
+        self.backbone_name = backbone
+        self.stem = create_timm_backbone(stem, weights_path=stem_weights_path, features_only=True,
+                                         out_indices=tuple(int(i) for i in stem_indices))
+        reductions = [int(r) for r in self.stem.feature_info.reduction()]
+        channels = [int(c) for c in self.stem.feature_info.channels()]
+        if reductions != [4, 8, 16]:
+            raise ModelConfigError(f"stem {stem!r} with stem_indices {list(stem_indices)}: expected stages at "
+                                   f"strides [4, 8, 16], got {reductions} (choose stem_indices accordingly)")
+        token_grid = tuple(int(s) // 16 for s in img_size)
+        self.body = create_timm_backbone(backbone, num_classes=0, dynamic_img_size=True, img_size=token_grid,
+                                         patch_size=1, in_chans=channels[2], **vit_overrides)
+        self.hooks = hook_vit_blocks(self.body, backbone, hooks, 2)
+        self.embed_dim = int(self.body.embed_dim)
+        self.patch_size = 16  # stride of the token maps
+        self.feature_info = [{"num_chs": channels[0], "reduction": 4}, {"num_chs": channels[1], "reduction": 8},
+                             {"num_chs": self.embed_dim, "reduction": 16}, {"num_chs": self.embed_dim, "reduction": 16}]
+        self._set_normalisation(self.stem, 3)
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) in [0, 1] -> [(B, C4, H/4, W/4), (B, C8, H/8, W/8), 2 x (B, embed_dim, H/16, W/16)]."""
+        stride4, stride8, stride16 = self.stem(self.normalise(image))
+        tokens = self.body.forward_intermediates(stride16, indices=list(self.hooks), intermediates_only=True,
+                                                 output_fmt="NCHW")
+        return [stride4, stride8, *tokens]

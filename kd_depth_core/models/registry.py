@@ -17,7 +17,7 @@ from typing import Any
 
 import torch.nn as nn
 
-INIT_ONLY_KWARGS: frozenset[str] = frozenset({"weights_path"})
+INIT_ONLY_KWARGS: frozenset[str] = frozenset({"weights_path", "stem_weights_path"})
 """Builder arguments that only affect initialisation and are left out of `model_spec`."""
 
 
