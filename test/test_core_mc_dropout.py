@@ -9,14 +9,7 @@ import torch.nn as nn
 
 from kd_depth_core.models import MCDropout, create_model, enable_mc_dropout, mc_dropout_mode, mc_dropout_predict
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors run fastest on one thread (and far faster on a shared, busy CPU); restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ConstantDispNet(nn.Module):

@@ -22,13 +22,7 @@ from kd_depth_core.models.flops import nearest_valid_size
 from kd_depth_core.models.stereo import correlation_volume
 
 HEIGHT, WIDTH = 64, 96
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors run fastest on one thread (and far faster on a shared, busy CPU); restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # Small configurations so every model runs forward + backward in well under a second.
 TINY_KWARGS: dict[str, dict] = {

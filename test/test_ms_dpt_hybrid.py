@@ -15,12 +15,7 @@ TINY_VIT = {"backbone": "vit_tiny_patch16_224", "depth": 4, "embed_dim": 64, "nu
             "img_size": (HEIGHT, WIDTH), "features": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_hybrid_feature_contract_forward_backward() -> None:
