@@ -3,11 +3,12 @@
 A timm ViT (`dynamic_img_size=True`) hooked at four blocks; reassemble blocks turn the token maps
 (stride p, the patch size) into maps at strides p/4, p/2, p, 2p (4, 8, 16, 32 for p = 16); fusion
 blocks (residual conv units + upsampling) merge them from coarse to fine; disparity heads on the
-fusion outputs give the 4 output scales. With `stem` (DPT-Hybrid), a timm CNN's stride-4 and stride-8 stages
-take the place of the two shallow hooks and the ViT (patch 1) runs on its stride-16 map: at small inputs
-(96x320 is a 6x20 grid of 16-px patches) the convolutional detail path is what lets the teacher resolve
-thin structures and train from scratch in CPU minutes (docs/benchmarks.md). Monte Carlo dropout sites (`MCDropout`) sit after every
-fusion block and inside every head; `mc_dropout.mc_dropout_predict` keeps them active.
+fusion outputs give the 4 output scales. With `stem` (DPT-Hybrid), a timm CNN's stride-4 and stride-8
+stages take the place of the two shallow hooks and the ViT (patch 1) runs on its stride-16 map: at small
+inputs (96x320 is a 6x20 grid of 16-px patches) the convolutional detail path is what lets the teacher
+resolve thin structures and train from scratch in CPU minutes (docs/benchmarks.md). Monte Carlo dropout
+sites (`MCDropout`) sit after every fusion block and inside every head; `mc_dropout.mc_dropout_predict`
+keeps them active.
 
 Size multiple: lcm(p, 8) — 16 for patch-16 ViTs, so 640x192 is valid; 56 for patch 14.
 """
@@ -144,8 +145,8 @@ class MSDPT(nn.Module):
     input_names: tuple[str, ...] = ("image",)
     has_uncertainty = False
 
-    def __init__(self, encoder: ViTEncoder | HybridViTEncoder, *, features: int = 64, reassemble_channels: Sequence[int] | None = None,
-                 dropout: float = 0.1) -> None:
+    def __init__(self, encoder: ViTEncoder | HybridViTEncoder, *, features: int = 64,
+                 reassemble_channels: Sequence[int] | None = None, dropout: float = 0.1) -> None:
         super().__init__()
         self.encoder = encoder
         self.feature_info = encoder.feature_info
