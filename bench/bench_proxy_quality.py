@@ -63,7 +63,10 @@ def main() -> int:
                         help="keep the stereo network's pixels with sigma <= this x depth")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    height, width = (int(v) for v in args.size.lower().split("x"))
+    try:
+        height, width = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        parser.error(f"--size: expected HEIGHTxWIDTH in pixels, e.g. 96x320, got {args.size!r}")
     print(f"date {datetime.now(UTC).isoformat(timespec='seconds')}  machine {platform.node()}, {os.cpu_count()} CPUs; "
           f"load average {os.getloadavg()[0]:.2f}")
     data = SequenceDataset(args.data, args.split, offsets=(), size=(height, width), stereo=True, load_depth=True,
@@ -74,7 +77,8 @@ def main() -> int:
         from kd_depth_core.distill.adu_depth import StereoTeacher
 
         teacher = StereoTeacher(args.stereo_model)
-    sources = {"sgbm": Pooled(), **{s: Pooled() for s in (args.sigma + [float("inf")] if teacher else [])}}
+    sgbm = Pooled()
+    by_sigma = {s: Pooled() for s in args.sigma + [float("inf")]} if teacher is not None else {}
     start = time.perf_counter()
     for index in range(len(data)):
         sample = data[index]
@@ -83,22 +87,20 @@ def main() -> int:
         left, right = ((sample[k].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
                        for k in ("image", "image_right"))
         disparity, _ = sgbm_disparity(left, right, settings, fx=fx, baseline=baseline)
-        sources["sgbm"].add(fx * baseline / np.maximum(disparity, 1e-6), disparity > 0, gt)
+        sgbm.add(fx * baseline / np.maximum(disparity, 1e-6), disparity > 0, gt)
         if teacher is not None:
             out = teacher.predict(sample["image"][None], sample["image_right"][None])
             depth, sigma = out["depth"][0, 0].numpy(), out["uncertainty"][0, 0].numpy()
-            for threshold in sources:
-                if threshold != "sgbm":
-                    sources[threshold].add(depth, sigma <= threshold * depth, gt)
+            for threshold, pooled in by_sigma.items():
+                pooled.add(depth, sigma <= threshold * depth, gt)
     print(f"{len(data)} frames of {args.data} ({args.split}, every {args.stride}th, {width}x{height}) in "
           f"{time.perf_counter() - start:.0f} s\n")
     print("| label source | share of valid pixels labelled | AbsRel on them |\n|---|---:|---:|")
-    print(sources["sgbm"].row(f"OpenCV SGBM proxy (`upsample: {args.upsample}`, min depth {args.min_depth:g} m, "
+    print(sgbm.row(f"OpenCV SGBM proxy (`upsample: {args.upsample}`, min depth {args.min_depth:g} m, "
                               "left-right check)"))
-    for threshold, pooled in sources.items():
-        if threshold != "sgbm":
-            where = "every pixel" if threshold == float("inf") else f"sigma <= {threshold:g} x depth"
-            print(pooled.row(f"stereo network {args.stereo_model.name}, {where}"))
+    for threshold, pooled in by_sigma.items():
+        where = "every pixel" if threshold == float("inf") else f"sigma <= {threshold:g} x depth"
+        print(pooled.row(f"stereo network {args.stereo_model.name}, {where}"))
     return 0
 
 
