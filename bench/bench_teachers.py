@@ -6,7 +6,9 @@ and every model given, as a released file (`--model`) or as a training run's che
 with the run's own metadata). Every row uses `kd-depth evaluate`'s code path and protocol
 (`sequence`, metric, no median scaling, 80 m cap, every `--stride`-th frame of `--split`, default test); the last two columns
 are the same frames median-scaled, with the median of the per-image ratios median(gt)/median(pred)
-(1 = metric scale exactly) and their spread.
+(1 = metric scale exactly) and their spread. `--mc-samples N` adds, for every monocular model with
+dropout sites, a row for its MC-dropout ensemble mean of N passes: the labels method 1 distils
+(`distill.teacher.TeacherWrapper`, the same code the distillation runs).
 
     python bench/bench_teachers.py --data demo_output/synth/street --run runs/teacher_stereo --steps 300,450
 """
@@ -60,6 +62,28 @@ def mean_layout_row(samples) -> tuple[str, dict]:
     return "mean layout (trivial floor)", result.mean
 
 
+def mc_mean_predict_fn(path: Path, num_samples: int):
+    """``predict_fn(image, K)`` of the teacher's MC-dropout ensemble mean (None: a stereo model or no dropout)."""
+    import torch
+
+    from kd_depth_core.distill.teacher import TeacherWrapper
+    from kd_depth_core.models.mc_dropout import dropout_sites
+
+    teacher = TeacherWrapper(path, num_samples=num_samples)
+    if getattr(teacher.metadata, "stereo", False) or not dropout_sites(teacher.model):
+        return None
+
+    def predict_fn(image, K=None):
+        torch.manual_seed(0)  # the same dropout masks for every model: rows stay comparable
+        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div(255.0)[None]
+        k = None if K is None else torch.as_tensor(np.asarray(K), dtype=torch.float32)[None]
+        with torch.no_grad():
+            out = teacher.predict(x, k)
+        return out["depth"][0, 0].numpy(), out["uncertainty"][0, 0].numpy()
+
+    return predict_fn
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
@@ -72,6 +96,8 @@ def main() -> int:
     parser.add_argument("--split", default="test", help="'train' scores the frames the models learned from "
                         "(a generalisation check: e.g. --split train --stride 15)")
     parser.add_argument("--limit", type=int, default=120)
+    parser.add_argument("--mc-samples", type=int, default=0,
+                        help="also score each MC-dropout model as its ensemble mean of N passes (0 = off)")
     args = parser.parse_args()
 
     from kd_depth_core.data.benchmarks import open_benchmark
@@ -100,6 +126,12 @@ def main() -> int:
         result = evaluate(predict_fn, samples, protocol, label=label, progress=False)
         median_scaled = evaluate(predict_fn, samples, scaled, label=label, progress=False)
         rows.append((label, result.mean, median_scaled.mean, median_scaled.scale_ratio))
+        mc_fn = mc_mean_predict_fn(path, args.mc_samples) if args.mc_samples > 0 and path.suffix else None
+        if mc_fn is not None:
+            mc_label = f"{label}, MC-dropout mean of {args.mc_samples}"
+            result = evaluate(mc_fn, mono, protocol, label=mc_label, progress=False)
+            median_scaled = evaluate(mc_fn, mono, scaled, label=mc_label, progress=False)
+            rows.append((mc_label, result.mean, median_scaled.mean, median_scaled.scale_ratio))
     print("| model | AbsRel | RMSE (m) | δ1 | images | median-scaled AbsRel | scale ratio (std) |\n"
           "|---|---:|---:|---:|---:|---:|---:|")
     for label, mean, median_scaled, ratio in rows:

@@ -75,6 +75,7 @@ class DataConfig:
     offsets: tuple[int, ...] = (-1, 1)  # temporal source frames relative to the target
     stereo: bool = False  # also load the right image (`image_right`)
     augment: bool = True
+    flip: float = 0.0  # probability of training on the mirrored right view (needs stereo; SequenceDataset)
     batch_size: int = 8  # per process
     num_workers: int = 4
 

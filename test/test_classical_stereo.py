@@ -26,8 +26,10 @@ from kd_depth_core.classical.sgbm import (
     sgbm_disparity,
 )
 from kd_depth_core.data.dataset import SequenceDataset
+from kd_depth_core.data.sequence import CameraModel, SequenceWriter, write_splits
 from kd_depth_core.data.synthetic.generate import SynthSpec, generate_dataset
 from kd_depth_core.geometry import disparity_to_depth
+from kd_depth_core.losses import stereo_photometric_error
 from kd_depth_core.losses.proxy import proxy_depth, proxy_loss, proxy_mask
 
 H, W = 48, 128
@@ -220,3 +222,91 @@ def test_matching_the_enlarged_pair_reduces_the_subpixel_error():
     with pytest.raises(ValueError, match="sgbm.upsample"):
         SGBMSettings(upsample=0)
     assert SGBMSettings(upsample=2).fingerprint() != SGBMSettings().fingerprint()  # a new proxy cache entry
+
+
+# --------------------------------------------------------------------------- the mirror augmentation
+# `SequenceDataset(flip=...)`: the frame's right camera, mirrored, trained as the left view of a rectified
+# pair whose partner, the mirrored left image, sits at +baseline. With make_pair's scene, right pixel x
+# shows left pixel u = x + d, so the box is at right columns [28, 58); mirrored (x' = W-1-x) it lies at
+# [70, 100), and mirrored pixel x' matches mirrored-left pixel W-1-u = x' - d: the same positive disparities.
+CX = 60.0  # off-centre on purpose: mirrored, it must become W - 1 - 60 = 67
+MIRRORED_BOX = (70, 100)
+
+
+def _tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
+
+
+@pytest.fixture(scope="module")
+def mirror_world(tmp_path_factory):
+    """One sequence of 4 frames of the hand-made pair, frame i brightened by 10·i (so frames differ)."""
+    root = tmp_path_factory.mktemp("mirror")
+    camera = CameraModel(W, H, [[FX, 0, CX], [0, FX, H / 2], [0, 0, 1]], baseline=BASELINE)
+    left, right, _ = make_pair()
+    frames = [(np.clip(left.astype(int) + 10 * i, 0, 255).astype(np.uint8),
+               np.clip(right.astype(int) + 10 * i, 0, 255).astype(np.uint8)) for i in range(4)]
+    with SequenceWriter(root / "seq", camera, has_right=True) as writer:
+        for i, (left_image, right_image) in enumerate(frames):
+            writer.add_frame(1_000 + 100 * i, left_image, right_image)
+    write_splits(root, {"train": ["seq"]})
+    return root, frames
+
+
+def test_a_mirrored_sample_is_the_flipped_right_camera_with_the_flipped_left_as_partner(mirror_world):
+    root, frames = mirror_world
+    plain = SequenceDataset(root, "train", offsets=(-1, 1), stereo=True)[0]  # target frame 1
+    mirrored = SequenceDataset(root, "train", offsets=(-1, 1), stereo=True, flip=1.0)[0]
+    assert torch.equal(plain["image"], _tensor(frames[1][0]))
+    assert torch.equal(mirrored["image"], _tensor(frames[1][1][:, ::-1]))
+    assert torch.equal(mirrored["sources"][0], _tensor(frames[0][1][:, ::-1]))  # the same (right) camera
+    assert torch.equal(mirrored["sources"][1], _tensor(frames[2][1][:, ::-1]))
+    assert torch.equal(mirrored["image_right"], _tensor(frames[1][0][:, ::-1]))
+    assert mirrored["K"][0, 2].item() == W - 1 - CX and mirrored["K"][0, 0].item() == FX
+    assert plain["K"][0, 2].item() == CX
+    assert mirrored["baseline"].item() == pytest.approx(BASELINE)  # no sign flip
+    assert mirrored["frame_key"] == "seq/000001/mirrored" and plain["frame_key"] == "seq/000001"
+
+
+def test_the_mirrored_pair_has_its_partner_at_plus_baseline(mirror_world):
+    """The true depth of the mirrored view explains its partner with +baseline, and SGBM agrees."""
+    root, _ = mirror_world
+    dataset = SequenceDataset(root, "train", offsets=(), stereo=True, flip=1.0,
+                              proxy=ProxySource(SGBMSettings(min_depth=1.0, block_size=5)))
+    sample = dataset[1]
+    depth = torch.full((1, 1, H, W), FX * BASELINE / 4)
+    depth[..., MIRRORED_BOX[0]:MIRRORED_BOX[1]] = FX * BASELINE / 12
+    image, right, K = sample["image"][None], sample["image_right"][None], sample["K"][None]
+    inner = (slice(None), slice(None), slice(4, H - 4), slice(20, W - 20))
+    plus = stereo_photometric_error(depth, image, right, K, torch.tensor([BASELINE]))[inner].mean()
+    minus = stereo_photometric_error(depth, image, right, K, torch.tensor([-BASELINE]))[inner].mean()
+    assert plus < 0.3 * minus
+    proxy = sample["proxy_disparity"][0].numpy()
+    box, back = proxy[:, 74:96], proxy[:, 104:124]
+    assert (box > 0).mean() > 0.5 and abs(np.median(box[box > 0]) - 12) < 1
+    assert (back > 0).mean() > 0.5 and abs(np.median(back[back > 0]) - 4) < 1
+
+
+def test_mirrored_proxies_are_their_own_cache_entries(mirror_world, tmp_path):
+    root, _ = mirror_world
+    source = ProxySource(SGBMSettings(min_depth=1.0, block_size=5), tmp_path / "cache")
+    dataset = SequenceDataset(root, "train", offsets=(), stereo=True, flip=0.5, proxy=source)
+    seen = {}
+    for epoch in range(6):
+        dataset.set_epoch(epoch)
+        for i in range(len(dataset)):
+            seen[(i, dataset.mirrored(i))] = dataset[i]["proxy_disparity"]
+    assert {m for _, m in seen} == {False, True}  # both views came up
+    assert source.computed == len(seen)  # each view of each frame matched once, then read back
+    names = sorted(p.name.split("-")[0] for p in (tmp_path / "cache" / "seq").glob("*.npy"))
+    assert names == sorted(f"{i:06d}{'m' if m else ''}" for i, m in seen)
+    for (i, m), disparity in seen.items():  # the two views differ (the box moved), so no entry evicted the other
+        if m and (i, False) in seen:
+            assert not torch.equal(disparity, seen[(i, False)])
+
+
+def test_flip_is_refused_without_the_right_images_or_with_ground_truth(mirror_world):
+    root, _ = mirror_world
+    with pytest.raises(ValueError, match="data.flip"):
+        SequenceDataset(root, "train", offsets=(), stereo=False, flip=0.5)
+    with pytest.raises(ValueError, match="data.flip"):
+        SequenceDataset(root, "train", offsets=(), stereo=True, flip=1.5)

@@ -153,8 +153,10 @@ def one_error_line(done: subprocess.CompletedProcess, prefix: str) -> str:
     (["train.stepz=3"], r"override 'train.stepz=3' \(command line\): train.stepz: unknown key; valid keys: "),
     (["data.batch_size=4096"], r"override 'data.batch_size=4096' \(command line\): data.batch_size: the training "
                                r"split has \d+ samples, fewer than data.batch_size \(4096\)"),
+    (["data.flip=1.5"], r"data.flip: expected a probability in \[0, 1\] of training on the mirrored right view, "
+                        r"which needs data.stereo: true .*got 1.5 \(stereo: True"),
 ], ids=["unknown_backbone", "unknown_model", "unknown_model_argument", "bad_override_value", "unknown_override_key",
-        "batch_larger_than_the_data"])
+        "batch_larger_than_the_data", "mirror_probability_above_1"])
 def test_ordinary_config_mistakes_are_one_line_naming_them(inputs, tmp_path, overrides, expected):
     done = run_kd_depth(train_argv(inputs, f"train.out_dir={tmp_path / 'run'}", *overrides), tmp_path)
     assert re.search(expected, one_error_line(done, "kd-depth train: ")), done.stderr[-2000:]

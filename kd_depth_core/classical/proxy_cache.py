@@ -1,7 +1,8 @@
 """Per-frame cache of SGBM proxy disparities, shared by DataLoader workers and DDP ranks.
 
 One file per frame: ``<cache_dir>/<sequence>/<index:06d>-<key>.npy``, float16 disparity (H,W) in
-pixels at the training resolution, 0 = not confident. ``key`` digests everything the proxy
+pixels at the training resolution, 0 = not confident (``<index:06d>m-<key>.npy`` for the frame's mirrored
+view: the flipped right image as the left of a pair, the dataset's ``flip`` augmentation). ``key`` digests everything the proxy
 depends on: the SGBM settings, the training size, the rig, and the size and modification time of
 the left and right image files, so a changed setting or a touched image misses (and the stale
 file of that frame is replaced). A file is written under a temporary name and renamed into place,
@@ -36,21 +37,28 @@ class ProxySource:
         self.computed = 0  # SGBM runs in this process (tests, stats)
         self.hits = 0
 
-    def key(self, left_path: Path, right_path: Path, size: tuple[int, int], fx: float, baseline: float) -> str:
+    def key(self, left_path: Path, right_path: Path, size: tuple[int, int], fx: float, baseline: float,
+            mirrored: bool = False) -> str:
         stats = [(os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in (left_path, right_path)]
-        text = f"{self.settings.fingerprint()}|{size}|{fx:.6f}|{baseline:.6f}|{stats}"
+        text = f"{self.settings.fingerprint()}|{size}|{fx:.6f}|{baseline:.6f}|{stats}" + ("|mirrored" if mirrored else "")
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
-    def path(self, sequence: str, index: int, key: str) -> Path | None:
-        return None if self.cache_dir is None else self.cache_dir / sequence / f"{index:06d}-{key}.npy"
+    def path(self, sequence: str, index: int, key: str, mirrored: bool = False) -> Path | None:
+        name = f"{index:06d}{'m' if mirrored else ''}-{key}.npy"
+        return None if self.cache_dir is None else self.cache_dir / sequence / name
 
     def get(self, sequence: str, index: int, left: np.ndarray, right: np.ndarray, left_path: Path,
-            right_path: Path, fx: float, baseline: float) -> np.ndarray:
-        """Proxy disparity (H,W) float32 px for the (already resized, unaugmented) uint8 pair."""
+            right_path: Path, fx: float, baseline: float, mirrored: bool = False) -> np.ndarray:
+        """Proxy disparity (H,W) float32 px for the (already resized, unaugmented) uint8 pair.
+
+        mirrored: the pair is the frame's mirrored view (``left`` = the flipped right image, ``right`` = the
+        flipped left image; `left_path` / `right_path` stay the frame's files): cached as its own entry.
+        """
         size = left.shape[:2]
         path = None
         if self.cache_dir is not None:
-            path = self.path(sequence, index, self.key(left_path, right_path, size, fx, baseline))
+            path = self.path(sequence, index, self.key(left_path, right_path, size, fx, baseline, mirrored),
+                             mirrored)
             try:
                 stored = np.load(path, mmap_mode="r")
                 if stored.shape == size:

@@ -36,6 +36,12 @@ class SequenceDataset(Dataset):
         load_depth / load_semantic: also return ``depth_gt`` / ``semantic``.
         augment: colour jitter (brightness, contrast, saturation, hue-free), the same for every
             frame of a sample so photometric constancy between them holds.
+        flip: probability of the stereo mirror augmentation (needs ``stereo``): the sample is the
+            frame's *right* camera mirrored left-right (target and temporal sources), with the
+            mirrored left image as its stereo partner. Mirroring swaps the cameras' sides, so this is
+            again a rectified pair with the right partner at +baseline: no sign flips downstream,
+            only ``cx`` -> W-1-cx. ``frame_key`` gains ``/mirrored``. 0 = off (the right view has no
+            ground truth, so it cannot be combined with ``load_depth`` / ``load_semantic``).
         stride: use every ``stride``-th valid target frame (for fast validation).
         proxy: a `classical.proxy_cache.ProxySource`: also return ``proxy_disparity``, the SGBM
             proxy of the (unaugmented) pair at the training size (needs ``stereo``).
@@ -44,7 +50,7 @@ class SequenceDataset(Dataset):
     def __init__(self, root: str | os.PathLike, split: str | SequenceLike[str] | None = "train",
                  offsets: SequenceLike[int] = (-1, 1), size: tuple[int, int] | None = None, stereo: bool = False,
                  load_depth: bool = False, load_semantic: bool = False, augment: bool = False,
-                 stride: int = 1, seed: int = 0, proxy=None) -> None:
+                 stride: int = 1, seed: int = 0, proxy=None, flip: float = 0.0) -> None:
         self.root = Path(root)
         if isinstance(split, str):
             names = read_split(self.root, split)
@@ -64,6 +70,12 @@ class SequenceDataset(Dataset):
         self.proxy = proxy
         if proxy is not None and not stereo:
             raise SequenceError(f"{self.root}: the SGBM proxy needs the right images (stereo=True)")
+        self.flip = float(flip)
+        if not 0.0 <= self.flip <= 1.0:
+            raise ValueError(f"data.flip: expected a probability in [0, 1], got {flip!r}")
+        if self.flip > 0 and (not stereo or load_depth or load_semantic):
+            raise ValueError("data.flip: the mirror augmentation trains the right camera's view, so it needs "
+                             "data.stereo=true and no ground truth loaded (set data.flip=0)")
         for seq in self.sequences:
             if stereo and not seq.has_right:
                 raise SequenceError(f"{seq.path}: data.stereo=true but the sequence has no right images (a mono "
@@ -110,32 +122,46 @@ class SequenceDataset(Dataset):
 
         return apply
 
+    def mirrored(self, index: int) -> bool:
+        """Whether sample `index` is the mirrored right view this epoch (depends on seed, epoch, index)."""
+        return self.flip > 0 and bool(np.random.default_rng((self.seed, self.epoch, index, 1)).random() < self.flip)
+
     def frame_key(self, index: int) -> str:
         s, i = self.samples[index]
-        return f"{self.sequences[s].name}/{i:06d}"
+        return f"{self.sequences[s].name}/{i:06d}" + ("/mirrored" if self.mirrored(index) else "")
 
     def __getitem__(self, index: int) -> dict:
         s, i = self.samples[index]
         seq = self.sequences[s]
         jitter = self._jitter(index) if self.augment else (lambda im: im)
         camera = seq.camera if self.size is None else seq.camera.scaled(self.size[1], self.size[0])
-        left = self._resize(seq.load_left(i))
+        K = camera.K.astype(np.float32)
+        mirrored = self.mirrored(index)
+        view, partner = ("right", "left") if mirrored else ("left", "right")
+
+        def load(side: str, frame: int) -> np.ndarray:
+            image = self._resize(seq.load_right(frame) if side == "right" else seq.load_left(frame))
+            return np.ascontiguousarray(image[:, ::-1]) if mirrored else image
+
+        if mirrored:
+            K = K.copy()
+            K[0, 2] = (camera.width - 1) - K[0, 2]
+        target = load(view, i)
         sample = {
-            "image": _to_tensor(jitter(left)),
-            "K": torch.from_numpy(camera.K.astype(np.float32)),
+            "image": _to_tensor(jitter(target)),
+            "K": torch.from_numpy(K),
             "baseline": torch.tensor(float(seq.camera.baseline or 0.0)),
-            "frame_key": f"{seq.name}/{i:06d}",
+            "frame_key": self.frame_key(index),
         }
         if self.offsets:
-            sample["sources"] = torch.stack([_to_tensor(jitter(self._resize(seq.load_left(i + o))))
-                                             for o in self.offsets])
+            sample["sources"] = torch.stack([_to_tensor(jitter(load(view, i + o))) for o in self.offsets])
         if self.stereo:
-            right = self._resize(seq.load_right(i))
+            right = load(partner, i)
             sample["image_right"] = _to_tensor(jitter(right))
             if self.proxy is not None:
-                disparity = self.proxy.get(seq.name, i, left, right, seq.frame_path("left", i),
-                                           seq.frame_path("right", i), float(camera.K[0, 0]),
-                                           float(seq.camera.baseline or 0.0))
+                disparity = self.proxy.get(seq.name, i, target, right, seq.frame_path("left", i),
+                                           seq.frame_path("right", i), float(K[0, 0]),
+                                           float(seq.camera.baseline or 0.0), mirrored=mirrored)
                 sample["proxy_disparity"] = torch.from_numpy(disparity)[None]
         if self.load_depth:
             sample["depth_gt"] = torch.from_numpy(self._resize(seq.load_depth(i), nearest=True))[None]

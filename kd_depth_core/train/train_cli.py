@@ -42,8 +42,14 @@ def build_datasets(cfg: TrainConfig, task: Task) -> tuple[Dataset, Dataset | Non
         raise ConfigError(f"{cfg.source}: data.root: expected the folder of training sequences "
                           f"(e.g. data.root=/data/my_robot; make one with `kd-depth synth` or `kd-depth convert-bag`)")
     options = {"offsets": data.offsets, "stereo": data.stereo, **task.dataset_options()}
+    ground_truth = [k for k in ("load_depth", "load_semantic") if options.get(k)]
+    if not 0.0 <= data.flip <= 1.0 or (data.flip > 0 and (not data.stereo or ground_truth)):
+        raise ConfigError(f"{cfg.source}: data.flip: expected a probability in [0, 1] of training on the mirrored "
+                          f"right view, which needs data.stereo: true and a task without ground truth; got "
+                          f"{data.flip!r} (stereo: {data.stereo}, task {cfg.task.name!r} loads: "
+                          f"{', '.join(ground_truth) or 'no ground truth'})")
     train = SequenceDataset(data.root, split=data.split, size=data.size, augment=data.augment, seed=cfg.train.seed,
-                            **options)
+                            flip=data.flip, **options)
     val = None
     if data.val_split and cfg.train.val_every > 0:
         try:
