@@ -8,7 +8,8 @@ with the run's own metadata). Every row uses `kd-depth evaluate`'s code path and
 are the same frames median-scaled, with the median of the per-image ratios median(gt)/median(pred)
 (1 = metric scale exactly) and their spread. `--mc-samples N` adds, for every monocular model with
 dropout sites, a row for its MC-dropout ensemble mean of N passes: the labels method 1 distils
-(`distill.teacher.TeacherWrapper`, the same code the distillation runs).
+(`distill.teacher.TeacherWrapper`, the same code the distillation runs). `--depth-bins 0,5,10,20,40,80` adds a
+second table: each row's per-pixel AbsRel by true depth (where a model wins or loses against SGBM).
 
     python bench/bench_teachers.py --data demo_output/synth/street --run runs/teacher_stereo --steps 300,450
 """
@@ -62,6 +63,25 @@ def mean_layout_row(samples) -> tuple[str, dict]:
     return "mean layout (trivial floor)", result.mean
 
 
+def depth_bin_errors(predict_fn, samples, edges: list[float]) -> list[tuple[float, int]]:
+    """Per-pixel mean AbsRel and pixel count in each true-depth bin [edges[i], edges[i+1]) m, over `samples`.
+
+    Predictions are clipped to [1e-3, edges[-1]] m like the protocol's cap; pixels without depth are skipped.
+    """
+    sums, counts = np.zeros(len(edges) - 1), np.zeros(len(edges) - 1, dtype=np.int64)
+    for sample in samples:
+        image, gt, _, meta = sample  # the sequence reader's (image, depth m, name, meta)
+        given = {k: meta[k] for k in ("right", "baseline") if k in meta}
+        out = predict_fn(image, K=meta.get("K"), **given)
+        pred = np.clip(np.asarray(getattr(out, "depth", out), dtype=np.float64), 1e-3, edges[-1])
+        error = np.abs(pred - gt) / np.maximum(gt, 1e-3)
+        for i, (low, high) in enumerate(zip(edges, edges[1:])):
+            inside = (gt > 1e-3) & (gt >= low) & (gt < high)
+            sums[i] += error[inside].sum()
+            counts[i] += int(inside.sum())
+    return [(s / c if c else float("nan"), int(c)) for s, c in zip(sums, counts)]
+
+
 def mc_mean_predict_fn(path: Path, num_samples: int):
     """``predict_fn(image, K)`` of the teacher's MC-dropout ensemble mean (None: a stereo model or no dropout)."""
     import torch
@@ -98,7 +118,15 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=120)
     parser.add_argument("--mc-samples", type=int, default=0,
                         help="also score each MC-dropout model as its ensemble mean of N passes (0 = off)")
+    parser.add_argument("--depth-bins", default="", help="also per-pixel AbsRel by true depth, bin edges in m, "
+                        "e.g. 0,5,10,20,40,80")
     args = parser.parse_args()
+    try:
+        edges = [float(v) for v in args.depth_bins.split(",") if v]
+    except ValueError:
+        parser.error(f"--depth-bins: expected increasing depths in m separated by commas, got {args.depth_bins!r}")
+    if edges and (len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] < 0):
+        parser.error(f"--depth-bins: expected at least two increasing depths >= 0 m, got {args.depth_bins!r}")
 
     from kd_depth_core.data.benchmarks import open_benchmark
     from kd_depth_core.eval.evaluate import accepts_keyword, evaluate
@@ -120,9 +148,12 @@ def main() -> int:
     options = argparse.Namespace(device="cpu", scale_mode="auto", sgbm_min_depth=2.0, max_depth=80.0)
     scaled = get_protocol("sequence", median_scaling=True, max_depth=80.0)
     rows = [(*mean_layout_row(list(mono)), None, None)]
+    bins: list[tuple[str, list[tuple[float, int]]]] = []
     for label, path in models:
         predict_fn, _ = load_predict_fn(path, options)
         samples = stereo if accepts_keyword(predict_fn, "right") else mono
+        if edges:
+            bins.append((label, depth_bin_errors(predict_fn, samples, edges)))
         result = evaluate(predict_fn, samples, protocol, label=label, progress=False)
         median_scaled = evaluate(predict_fn, samples, scaled, label=label, progress=False)
         rows.append((label, result.mean, median_scaled.mean, median_scaled.scale_ratio))
@@ -139,6 +170,12 @@ def main() -> int:
                  if median_scaled is not None else "— | —")
         print(f"| {label} | {mean['abs_rel']:.3f} | {mean['rmse']:.2f} | {mean['a1']:.3f} | {int(mean['num_images'])} "
               f"| {extra} |")
+    if bins:
+        names = [f"{a:g}–{b:g} m" for a, b in zip(edges, edges[1:])]
+        print(f"\n| per-pixel AbsRel by true depth | {' | '.join(names)} |\n|---|{'---:|' * len(names)}")
+        print(f"| pixels | {' | '.join(f'{count:,}' for _, count in bins[0][1])} |")
+        for label, cells in bins:
+            print(f"| {label} | {' | '.join(f'{error:.3f}' for error, _ in cells)} |")
     return 0
 
 
