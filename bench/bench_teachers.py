@@ -68,12 +68,14 @@ def depth_bin_errors(predict_fn, samples, edges: list[float]) -> list[tuple[floa
 
     Predictions are clipped to [1e-3, edges[-1]] m like the protocol's cap; pixels without depth are skipped.
     """
+    from kd_depth_core.eval.evaluate import unpack_prediction
+
     sums, counts = np.zeros(len(edges) - 1), np.zeros(len(edges) - 1, dtype=np.int64)
     for sample in samples:
-        image, gt, _, meta = sample  # the sequence reader's (image, depth m, name, meta)
+        image, gt, name, meta = sample  # the sequence reader's (image, depth m, name, meta)
         given = {k: meta[k] for k in ("right", "baseline") if k in meta}
-        out = predict_fn(image, K=meta.get("K"), **given)
-        pred = np.clip(np.asarray(getattr(out, "depth", out), dtype=np.float64), 1e-3, edges[-1])
+        depth, _ = unpack_prediction(predict_fn(image, K=meta.get("K"), **given), name)
+        pred = np.clip(np.asarray(depth, dtype=np.float64), 1e-3, edges[-1])
         error = np.abs(pred - gt) / np.maximum(gt, 1e-3)
         for i, (low, high) in enumerate(zip(edges, edges[1:])):
             inside = (gt > 1e-3) & (gt >= low) & (gt < high)
