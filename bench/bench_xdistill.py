@@ -14,6 +14,15 @@ the untrained network at a disparity far beyond the image and it collapses).
     python bench/bench_xdistill.py                          # the short version (a few CPU minutes)
     python bench/bench_xdistill.py --steps 3000 --teacher-steps 2000 --sequences 20 --frames 60 --size 96x320
 
+Paired fine-tunes (`--init-from`): both students of a seed start from one trained student (a released
+model file, `train.init_from`) and see the same batches, so the pair differs only in the cross-task
+term and the paired difference is not drowned by where two from-scratch runs happen to end:
+
+    python bench/bench_xdistill.py --data data/street44 --init-from runs/base/model.safetensors \
+        --segmentation-teacher runs/seg/model.safetensors --student student_mobilenetv4 \
+        --student-backbone mobilenetv4_conv_small --size 96x320 --steps 1000 --lr 1e-4 \
+        --proxy-weight 1 --proxy-upsample 2 --seeds 0 1 2 3 4
+
 A few hundred CPU steps say little about the method at scale: this checks the pipeline and which
 way the numbers go. Other processes on a shared machine slow training down (never the scores):
 the load average and CPU time are printed so the timings can be judged.
@@ -77,13 +86,13 @@ def base_config(args: argparse.Namespace, root: Path, out: Path, name: str) -> d
     height, width = args.size
     return {
         "data": {"root": str(root), "split": "train", "val_split": "", "size": [height, width],
-                 "offsets": [-1, 1], "stereo": args.mode != "mono", "augment": True, "batch_size": args.batch_size,
+                 "offsets": [] if args.mode == "stereo" else [-1, 1], "stereo": args.mode != "mono", "augment": True, "batch_size": args.batch_size,
                  "num_workers": 0},
-        "model": {"name": "student_lcnet", "kwargs": {"backbone": args.student_backbone}},
+        "model": {"name": args.student, "kwargs": {"backbone": args.student_backbone}},
         "optim": {"name": "adam", "lr": args.lr, "scheduler": "none"},
         "train": {"max_steps": args.steps, "log_every": max(args.steps // 10, 1), "val_every": 0, "image_every": 0,
                   "ckpt_every": 0, "device": "cpu", "seed": args.seed, "out_dir": str(out / name),
-                  "progress": False},
+                  "progress": False, "init_from": str(args.init_from or "")},
     }
 
 
@@ -170,6 +179,7 @@ def main() -> int:
                         help="disparity scales the translator sees (1 = full resolution only: local evidence)")
     parser.add_argument("--translator-warmup", type=int, default=0,
                         help="steps the translator trains on detached depth first (task.kwargs.translator_warmup_steps)")
+    parser.add_argument("--student", default="student_lcnet", help="registered student model of both students")
     parser.add_argument("--student-backbone", default="lcnet_050")
     parser.add_argument("--teacher-backbone", default="resnet18")
     parser.add_argument("--radius", type=int, default=3, help="boundary band half-width in pixels")
@@ -181,6 +191,20 @@ def main() -> int:
     parser.add_argument("--proxy-weight", type=float, default=0.0,
                         help="SGBM proxy supervision of both students (task.kwargs.proxy_weight; needs a stereo "
                              "--mode): the improved self-supervised student of issue 18")
+    parser.add_argument("--proxy-upsample", type=int, default=1, help="the proxy's SGBM upsample setting "
+                        "(task.kwargs.proxy_sgbm.upsample; match the run given to --init-from)")
+    parser.add_argument("--proxy-cache", type=Path, default=None,
+                        help="SGBM proxy cache folder (default <out>/proxy_cache; an earlier run's is reused as is)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="an existing dataset with train/test splits and semantic labels (default: generate "
+                             "--sequences x --frames street sequences)")
+    parser.add_argument("--stride", type=int, default=1, help="every n-th frame of each test sequence")
+    parser.add_argument("--limit", type=int, default=0, help="score the first N test frames only (0 = all)")
+    parser.add_argument("--segmentation-teacher", type=Path, default=None,
+                        help="a trained segmentation teacher (released model) instead of training one")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="both students start from this released student (paired fine-tunes; its depth range "
+                             "must equal --min-depth/--max-depth)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--out", default=None,
                         help="keep data, runs and results.json here (default: a temp folder); data and models "
@@ -201,14 +225,18 @@ def main() -> int:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"load average before (1/5/15 min): {load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f}")
 
+    for name in ("data", "segmentation_teacher", "init_from"):
+        path = getattr(args, name)
+        if path is not None and not path.exists():
+            parser.error(f"--{name.replace('_', '-')}: {path} not found")
     height, width = args.size
-    root = out / "street"
+    root = args.data or out / "street"
     t0 = time.perf_counter()
-    if not (root / "splits" / "test.txt").is_file():
+    if args.data is None and not (root / "splits" / "test.txt").is_file():
         generate_dataset(root, SynthSpec("street", args.sequences, args.frames, width, height, args.seed),
                          workers=1, overwrite=True, progress=False)
-    print(f"data: {root}, {args.sequences} street sequences x {args.frames} frames at {width}x{height} "
-          f"({time.perf_counter() - t0:.0f} s)")
+    print(f"data: {root}" + (f", {args.sequences} street sequences x {args.frames} frames at {width}x{height} "
+                             f"({time.perf_counter() - t0:.0f} s)" if args.data is None else ""))
     grouping = load_grouping("synthetic")
 
     teacher_cfg = base_config(args, root, out, "teacher")
@@ -220,16 +248,21 @@ def main() -> int:
     teacher_cfg["train"]["max_steps"] = args.teacher_steps
     teacher_cfg["train"]["log_every"] = max(args.teacher_steps // 10, 1)
     print("training:")
-    teacher_path, _ = train(teacher_cfg, "segmentation teacher")
+    teacher_path = args.segmentation_teacher or train(teacher_cfg, "segmentation teacher")[0]
 
     photometric = {"mode": args.mode, "pose_kwargs": {"backbone": args.student_backbone},
                    "min_depth": args.min_depth, "max_depth": args.max_depth}
     if args.proxy_weight > 0:
-        photometric.update(proxy_weight=args.proxy_weight, proxy_cache_dir=str(out / "proxy_cache"))
+        photometric.update(proxy_weight=args.proxy_weight, proxy_cache_dir=str(args.proxy_cache or out / "proxy_cache"),
+                           proxy_sgbm={"upsample": args.proxy_upsample})
     proxy = f"_proxy{args.proxy_weight:g}" if args.proxy_weight > 0 else ""
     suffix = "" if args.translator_scales == 4 else f"_scales{args.translator_scales}"
     suffix += f"_warmup{args.translator_warmup}" if args.translator_warmup else ""
-    test = SequenceDataset(root, "test", offsets=(), size=args.size, load_depth=True, load_semantic=True)
+    proxy += "_finetune" if args.init_from else ""
+    test = SequenceDataset(root, "test", offsets=(), size=args.size, load_depth=True, load_semantic=True,
+                           stride=args.stride)
+    if args.limit:
+        test = torch.utils.data.Subset(test, range(min(args.limit, len(test))))
     seeds = args.seeds if args.seeds else [args.seed]
     per_seed = []
     for seed in seeds:

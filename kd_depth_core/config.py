@@ -131,6 +131,7 @@ class TrainLoopConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms
     out_dir: str = "runs/train"
     resume: str = ""  # "" = fresh run, "auto" = newest checkpoint in out_dir, or a checkpoint path
+    init_from: str = ""  # released model file whose weights start the deployed network (fine-tuning); "" = none
     progress: bool = True  # tqdm bar on rank 0
 
 

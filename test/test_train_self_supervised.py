@@ -229,3 +229,50 @@ def test_unknown_task_lists_the_registered_ones(tmp_path):
     with pytest.raises(ConfigError, match=r"ss.yaml: task.name: unknown task 'self_supervized'; registered tasks: "
                                           r".*self_supervised"):
         create_task(cfg.task.name, cfg)
+
+
+def _released(task, path):
+    """Export a task's network the way the trainer does (weights + metadata)."""
+    from kd_depth_core.models.io import save_model
+
+    return save_model(path, task.deploy_model(), task.deploy_metadata())
+
+
+def _max_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    """Largest weight difference (parameters only: a training step also moves BatchNorm's running stats)."""
+    return max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_init_from_starts_the_network_from_a_released_file_and_the_optimizer_afresh(tmp_path):
+    torch.manual_seed(0)
+    source = create_task("self_supervised", make_cfg(tmp_path / "a"))
+    path = _released(source, tmp_path / "start.safetensors")
+    lr = 1e-4
+    cfg = make_cfg(tmp_path / "b")
+    cfg.train.max_steps, cfg.optim.lr, cfg.train.init_from = 1, lr, str(path)
+    cfg.train.val_every = cfg.train.image_every = 0
+    torch.manual_seed(1)  # another initialisation: without init_from the network differs by far more than lr
+    task = create_task("self_supervised", cfg)
+    assert _max_difference(task.deploy_model(), source.deploy_model()) > 100 * lr
+    result = Trainer(cfg, task, PlaneDataset()).fit()
+    assert result.step == 1  # the step starts at 0, not the source run's
+    # one fresh Adam step moves each weight by at most lr (m/sqrt(v) = g/|g| on the first step)
+    assert _max_difference(task.deploy_model(), source.deploy_model()) <= 1.01 * lr
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"model_kwargs": {"backbone": "lcnet_075"}}, "whose weights do not fit this run's"),
+    ({"min_depth": 1.0}, "predicts depth 1-20 m, this task 0.5-20 m"),
+])
+def test_init_from_a_file_that_does_not_fit_is_a_one_line_error(tmp_path, change, fragment):
+    from kd_depth_core.train.checkpoint import CheckpointError, init_from_model
+
+    other = create_task("self_supervised", make_cfg(tmp_path / "a", **change))
+    path = _released(other, tmp_path / "other.safetensors")
+    task = create_task("self_supervised", make_cfg(tmp_path / "b"))
+    with pytest.raises(CheckpointError) as info:
+        init_from_model(task, path, "ss.yaml: train.init_from")
+    message = str(info.value)
+    assert message.startswith("ss.yaml: train.init_from: ") and fragment in message and "\n" not in message
+    with pytest.raises(CheckpointError, match="train.init_from: model file not found: .*missing.safetensors"):
+        init_from_model(task, tmp_path / "missing.safetensors")

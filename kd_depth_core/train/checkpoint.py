@@ -137,6 +137,41 @@ def load_task_state(task: torch.nn.Module, task_state: dict[str, Any], source: s
                                   f"unexpected {result.unexpected_keys[:5]}")
 
 
+def init_from_model(task: torch.nn.Module, path: str | os.PathLike, where: str = "train.init_from") -> None:
+    """Start the task's deployed network (`task.deploy_model()`) from a released model file: fine-tuning.
+
+    Only the network's weights are loaded; the optimizer, schedule and step start afresh. The file's
+    tensors must match the network's keys and shapes exactly, and a depth network's sigmoid disparity
+    must mean the same depths (the file's depth range equals the task's `min_depth`/`max_depth`).
+    Errors are one-line `CheckpointError`s that start with `where` and name the file.
+    """
+    from kd_depth_core.models.io import ModelFileError, read_checked
+
+    try:
+        tensors, metadata = read_checked(path)
+    except (ModelFileError, FileNotFoundError) as error:
+        raise CheckpointError(f"{where}: {error}") from None
+    network = task.deploy_model()
+    state = network.state_dict()
+    missing = [k for k in state if k not in tensors]
+    unexpected = [k for k in tensors if k not in state]
+    reshaped = [k for k in state if k in tensors and tuple(tensors[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or reshaped:
+        found = (f"missing {len(missing)} (e.g. {missing[0]})" if missing else
+                 f"unexpected {len(unexpected)} (e.g. {unexpected[0]})" if unexpected else
+                 f"{len(reshaped)} of another shape (e.g. {reshaped[0]})")
+        raise CheckpointError(f"{where}: {path} holds a {metadata.model_name} {metadata.model_kwargs} whose weights do "
+                              f"not fit this run's {type(network).__name__} ({found}); set model.name/model.kwargs to "
+                              "the file's")
+    task_range = (getattr(task, "min_depth", None), getattr(task, "max_depth", None))
+    if None not in task_range and not np.allclose(task_range, (metadata.min_depth, metadata.max_depth)):
+        raise CheckpointError(f"{where}: {path} predicts depth {metadata.min_depth:g}-{metadata.max_depth:g} m, this "
+                              f"task {task_range[0]:g}-{task_range[1]:g} m; set the task's min_depth/max_depth to the "
+                              "file's so its disparities keep their meaning")
+    with torch.no_grad():
+        network.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()})
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a training checkpoint with `torch.load(weights_only=True)` and check its format."""
     path = Path(path)

@@ -105,7 +105,7 @@ def build_optimizer(params: list[nn.Parameter], optim: OptimConfig, lr: float) -
 
 _RESUME_FREE_KEYS = {"train.resume", "train.max_steps", "train.progress", "train.log_every", "train.image_every",
                      "train.val_every", "train.val_batches", "train.ckpt_every", "train.keep_checkpoints",
-                     "data.num_workers"}
+                     "data.num_workers", "train.init_from"}
 
 
 def config_changes(old: Any, new: Any, ignore: frozenset[str] | set[str] = _RESUME_FREE_KEYS,
@@ -438,8 +438,13 @@ class Trainer:
                 changed = config_changes(state["config"], cfg.to_dict())
                 if changed:
                     log.warning("config differs from the checkpoint's: %s", "; ".join(changed[:10]))
-        elif tcfg.resume == "auto" and env.is_main:
-            log.info("train.resume=auto: no checkpoint in %s; starting fresh", ckpt.checkpoint_dir(self.out_dir))
+        else:
+            if tcfg.resume == "auto" and env.is_main:
+                log.info("train.resume=auto: no checkpoint in %s; starting fresh", ckpt.checkpoint_dir(self.out_dir))
+            if tcfg.init_from:  # every rank loads the same file, so the replicas start equal
+                ckpt.init_from_model(self.task, tcfg.init_from, f"{cfg.source}: train.init_from")
+                if env.is_main:
+                    log.info("network initialised from %s (optimizer and step start afresh)", tcfg.init_from)
         self._open_outputs()
         result = TrainResult(step=step, nonfinite_steps=self.nonfinite_steps)
         window: dict[str, list[float]] = defaultdict(list)
