@@ -4,7 +4,8 @@ Rows: OpenCV SGBM (no learning), the per-pixel mean layout of the test frames (a
 and every model given, as a released file (`--model`) or as a training run's checkpoints
 (`--run DIR --steps 150,300`: each checkpoint is exported next to it as `model_step<N>.safetensors`
 with the run's own metadata). Every row uses `kd-depth evaluate`'s code path and protocol
-(`sequence`, metric, no median scaling, 80 m cap, every `--stride`-th frame of `--split`, default test); the last two columns
+(`sequence`, metric, no median scaling, 80 m cap, every `--stride`-th frame of every sequence of `--split`, default
+test: on the street world all four held-out streets, 30 frames each at stride 3); the last two columns
 are the same frames median-scaled, with the median of the per-image ratios median(gt)/median(pred)
 (1 = metric scale exactly) and their spread. `--mc-samples N` adds, for every monocular model with
 dropout sites, a row for its MC-dropout ensemble mean of N passes: the labels method 1 distils
@@ -12,6 +13,10 @@ dropout sites, a row for its MC-dropout ensemble mean of N passes: the labels me
 second table: each row's per-pixel AbsRel by true depth (where a model wins or loses against SGBM).
 
     python bench/bench_teachers.py --data demo_output/synth/street --run runs/teacher_stereo --steps 300,450
+
+Until 2026-12-07 the defaults were `--stride 2 --limit 120`: the first 120 frames at stride 2, i.e. street_020,
+street_021 and a third of street_022, never street_023 (docs/benchmarks.md, "Protocol fix"). `--stride 2
+--limit 120` reproduces the old numbers.
 """
 from __future__ import annotations
 
@@ -114,10 +119,11 @@ def main() -> int:
     parser.add_argument("--steps", action="append", default=[], help="checkpoint steps per --run, e.g. 150,300")
     parser.add_argument("--model-kwarg", action="append", default=[],
                         help="key=int for checkpoints of runs made before a model option existed")
-    parser.add_argument("--stride", type=int, default=2)
+    parser.add_argument("--stride", type=int, default=3, help="every n-th frame of each sequence")
     parser.add_argument("--split", default="test", help="'train' scores the frames the models learned from "
                         "(a generalisation check: e.g. --split train --stride 15)")
-    parser.add_argument("--limit", type=int, default=120)
+    parser.add_argument("--limit", type=int, default=0, help="the first N frames only (0 = all; a limit that "
+                        "cuts the split short leaves whole sequences out)")
     parser.add_argument("--mc-samples", type=int, default=0,
                         help="also score each MC-dropout model as its ensemble mean of N passes (0 = off)")
     parser.add_argument("--depth-bins", default="", help="also per-pixel AbsRel by true depth, bin edges in m, "
@@ -143,8 +149,8 @@ def main() -> int:
             models.append((f"{run.name} step {step}", export_checkpoint(run, step, extra)))
         if (run / "model.safetensors").is_file():
             models.append((f"{run.name} final", run / "model.safetensors"))
-    mono = open_benchmark("sequence", args.data, split=args.split, stride=args.stride, limit=args.limit)
-    stereo = open_benchmark("sequence", args.data, split=args.split, stride=args.stride, limit=args.limit,
+    mono = open_benchmark("sequence", args.data, split=args.split, stride=args.stride, limit=args.limit or None)
+    stereo = open_benchmark("sequence", args.data, split=args.split, stride=args.stride, limit=args.limit or None,
                             right=True)
     protocol = get_protocol("sequence", median_scaling=False, max_depth=80.0)
     options = argparse.Namespace(device="cpu", scale_mode="auto", sgbm_min_depth=2.0, max_depth=80.0)
