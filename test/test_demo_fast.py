@@ -105,3 +105,12 @@ def test_rerun_reuses_finished_stages(demo):
                              "--device", "cpu", "--no-progress"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("reusing the finished stage") == 8
+
+
+def test_no_progress_reaches_the_training_stages(demo):
+    import yaml
+
+    for stage in ("teacher", "baseline", "student"):
+        config = yaml.safe_load((demo / stage / "run" / "config.yaml").read_text())
+        assert config["train"]["progress"] is False, stage  # the fixture ran with --no-progress
+

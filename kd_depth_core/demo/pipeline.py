@@ -96,6 +96,8 @@ def _train(ctx: DemoContext, folder: Path, settings: dict[str, Any], extra: list
 
     overrides = [f"data.root={ctx.data_root}", f"train.out_dir={folder / 'run'}", "train.resume=auto",
                  f"train.device={ctx.device}"] + list(settings.get("overrides", [])) + extra
+    if not ctx.progress:  # --no-progress: no tqdm bar in the training stages either
+        overrides.append("train.progress=false")
     cfg = load_train_config(ctx.config_dir / "train" / settings["config"], overrides)
     result = train_from_config(cfg)
     if result.model_path is None:
