@@ -86,8 +86,8 @@ def base_config(args: argparse.Namespace, root: Path, out: Path, name: str) -> d
     height, width = args.size
     return {
         "data": {"root": str(root), "split": "train", "val_split": "", "size": [height, width],
-                 "offsets": [] if args.mode == "stereo" else [-1, 1], "stereo": args.mode != "mono", "augment": True, "batch_size": args.batch_size,
-                 "num_workers": 0},
+                 "offsets": [] if args.mode == "stereo" else [-1, 1],  # stereo mode needs no temporal sources
+                 "stereo": args.mode != "mono", "augment": True, "batch_size": args.batch_size, "num_workers": 0},
         "model": {"name": args.student, "kwargs": {"backbone": args.student_backbone}},
         "optim": {"name": "adam", "lr": args.lr, "scheduler": "none"},
         "train": {"max_steps": args.steps, "log_every": max(args.steps // 10, 1), "val_every": 0, "image_every": 0,
@@ -258,7 +258,8 @@ def main() -> int:
     proxy = f"_proxy{args.proxy_weight:g}" if args.proxy_weight > 0 else ""
     suffix = "" if args.translator_scales == 4 else f"_scales{args.translator_scales}"
     suffix += f"_warmup{args.translator_warmup}" if args.translator_warmup else ""
-    proxy += "_finetune" if args.init_from else ""
+    # fine-tunes are named after their start (the run folder holding it), so another --init-from never reuses them
+    proxy += f"_finetune-{args.init_from.resolve().parent.name}" if args.init_from else ""
     test = SequenceDataset(root, "test", offsets=(), size=args.size, load_depth=True, load_semantic=True,
                            stride=args.stride)
     if args.limit:
