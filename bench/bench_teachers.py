@@ -11,8 +11,13 @@ are the same frames median-scaled, with the median of the per-image ratios media
 dropout sites, a row for its MC-dropout ensemble mean of N passes: the labels method 1 distils
 (`distill.teacher.TeacherWrapper`, the same code the distillation runs). `--depth-bins 0,5,10,20,40,80` adds a
 second table: each row's per-pixel AbsRel by true depth (where a model wins or loses against SGBM).
+`--per-sequence` adds each row's AbsRel and median scale ratio per held-out sequence (a model that wins on
+average can still lose a whole street), and `--paired` each model's per-frame AbsRel minus SGBM's on the same
+frames, with its 95 % confidence interval (`eval.stats.paired_difference`).
 
     python bench/bench_teachers.py --data demo_output/synth/street --run runs/teacher_stereo --steps 300,450
+    python bench/bench_teachers.py --data demo_output/synth/street --model runs/teacher/model.safetensors \
+        --per-sequence --paired
 
 Until 2026-12-07 the defaults were `--stride 2 --limit 120`: the first 120 frames at stride 2, i.e. street_020,
 street_021 and a third of street_022, never street_023 (docs/benchmarks.md, "Protocol fix"). `--stride 2
@@ -89,6 +94,24 @@ def depth_bin_errors(predict_fn, samples, edges: list[float]) -> list[tuple[floa
     return [(s / c if c else float("nan"), int(c)) for s, c in zip(sums, counts)]
 
 
+def model_label(path: Path) -> str:
+    """A row label: the file's stem, with its run folder's name for a run's `model*.safetensors`."""
+    if path.stem == "model" and path.parent.name:
+        return path.parent.name
+    return f"{path.parent.name}/{path.stem}" if path.stem.startswith("model") and path.parent.name else path.stem
+
+
+def per_sequence(per_image: list[dict], scaled: list[dict]) -> dict[str, tuple[float, float]]:
+    """{sequence: (mean AbsRel, median scale ratio)} from the per-image rows of one metric and one median-scaled
+    evaluation of the same frames (names 'sequence/frame')."""
+    groups: dict[str, tuple[list[float], list[float]]] = {}
+    for metric, median in zip(per_image, scaled):
+        errors, ratios = groups.setdefault(str(metric["name"]).split("/")[0], ([], []))
+        errors.append(metric["abs_rel"])
+        ratios.append(median["scale_ratio"])
+    return {name: (float(np.mean(e)), float(np.median(r))) for name, (e, r) in groups.items()}
+
+
 def mc_mean_predict_fn(path: Path, num_samples: int):
     """``predict_fn(image, K)`` of the teacher's MC-dropout ensemble mean (None: a stereo model or no dropout)."""
     import torch
@@ -128,6 +151,10 @@ def main() -> int:
                         help="also score each MC-dropout model as its ensemble mean of N passes (0 = off)")
     parser.add_argument("--depth-bins", default="", help="also per-pixel AbsRel by true depth, bin edges in m, "
                         "e.g. 0,5,10,20,40,80")
+    parser.add_argument("--per-sequence", action="store_true",
+                        help="also AbsRel and median scale ratio per held-out sequence")
+    parser.add_argument("--paired", action="store_true",
+                        help="also each model's per-frame AbsRel minus SGBM's, with its 95 %% confidence interval")
     args = parser.parse_args()
     try:
         edges = [float(v) for v in args.depth_bins.split(",") if v]
@@ -140,9 +167,10 @@ def main() -> int:
     from kd_depth_core.eval.evaluate import accepts_keyword, evaluate
     from kd_depth_core.eval.evaluate_cli import SGBM_LABEL, load_predict_fn
     from kd_depth_core.eval.protocols import get_protocol
+    from kd_depth_core.eval.stats import paired_difference
 
     print(f"load average {os.getloadavg()[0]:.2f}, {time.strftime('%Y-%m-%d %H:%M')}", file=sys.stderr)
-    models: list[tuple[str, Path]] = [(SGBM_LABEL, Path("sgbm"))] + [(m.stem, m) for m in args.model]
+    models: list[tuple[str, Path]] = [(SGBM_LABEL, Path("sgbm"))] + [(model_label(m), m) for m in args.model]
     for run, steps in zip(args.run, args.steps + [""] * len(args.run)):
         for step in [int(s) for s in steps.split(",") if s]:
             extra = {k: int(v) for k, v in (item.split("=", 1) for item in args.model_kwarg)}
@@ -157,6 +185,7 @@ def main() -> int:
     scaled = get_protocol("sequence", median_scaling=True, max_depth=80.0)
     rows = [(*mean_layout_row(list(mono)), None, None)]
     bins: list[tuple[str, list[tuple[float, int]]]] = []
+    frames: list[tuple[str, list[dict], list[dict]]] = []  # (label, per-image rows metric, median-scaled)
     for label, path in models:
         predict_fn, _ = load_predict_fn(path, options)
         samples = stereo if accepts_keyword(predict_fn, "right") else mono
@@ -165,12 +194,14 @@ def main() -> int:
         result = evaluate(predict_fn, samples, protocol, label=label, progress=False)
         median_scaled = evaluate(predict_fn, samples, scaled, label=label, progress=False)
         rows.append((label, result.mean, median_scaled.mean, median_scaled.scale_ratio))
+        frames.append((label, result.per_image, median_scaled.per_image))
         mc_fn = mc_mean_predict_fn(path, args.mc_samples) if args.mc_samples > 0 and path.suffix else None
         if mc_fn is not None:
             mc_label = f"{label}, MC-dropout mean of {args.mc_samples}"
             result = evaluate(mc_fn, mono, protocol, label=mc_label, progress=False)
             median_scaled = evaluate(mc_fn, mono, scaled, label=mc_label, progress=False)
             rows.append((mc_label, result.mean, median_scaled.mean, median_scaled.scale_ratio))
+            frames.append((mc_label, result.per_image, median_scaled.per_image))
     print("| model | AbsRel | RMSE (m) | δ1 | images | median-scaled AbsRel | scale ratio (std) |\n"
           "|---|---:|---:|---:|---:|---:|---:|")
     for label, mean, median_scaled, ratio in rows:
@@ -184,6 +215,20 @@ def main() -> int:
         print(f"| pixels | {' | '.join(f'{count:,}' for _, count in bins[0][1])} |")
         for label, cells in bins:
             print(f"| {label} | {' | '.join(f'{error:.3f}' for error, _ in cells)} |")
+    if args.per_sequence:
+        names = list(per_sequence(frames[0][1], frames[0][2]))
+        print(f"\n| AbsRel (median scale ratio) | {' | '.join(names)} | all |\n|---|{'---:|' * (len(names) + 1)}")
+        for label, metric, scaled_rows in frames:
+            cells = [*per_sequence(metric, scaled_rows).values(),
+                     (np.mean([r["abs_rel"] for r in metric]), np.median([r["scale_ratio"] for r in scaled_rows]))]
+            print(f"| {label} | " + " | ".join(f"{e:.4f} ({r:.3f})" for e, r in cells) + " |")
+    if args.paired:
+        sgbm = [r["abs_rel"] for r in frames[0][1]]  # the first row is SGBM's
+        print(f"\n| per frame, model − SGBM ({len(sgbm)} frames) | AbsRel | difference | 95 % CI |\n|---|---:|---:|---:|")
+        for label, metric, _ in frames[1:]:
+            d = paired_difference([r["abs_rel"] for r in metric], sgbm)
+            print(f"| {label} | {np.mean([r['abs_rel'] for r in metric]):.4f} | {d['mean']:+.4f} "
+                  f"| [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] |")
     return 0
 
 
