@@ -226,6 +226,8 @@ def main() -> int:
         sgbm = [r["abs_rel"] for r in frames[0][1]]  # the first row is SGBM's
         print(f"\n| per frame, model − SGBM ({len(sgbm)} frames) | AbsRel | difference | 95 % CI |\n|---|---:|---:|---:|")
         for label, metric, _ in frames[1:]:
+            if [r["name"] for r in metric] != [r["name"] for r in frames[0][1]]:
+                raise SystemExit(f"--paired: {label} was scored on other frames than SGBM; cannot pair them")
             d = paired_difference([r["abs_rel"] for r in metric], sgbm)
             print(f"| {label} | {np.mean([r['abs_rel'] for r in metric]):.4f} | {d['mean']:+.4f} "
                   f"| [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] |")
