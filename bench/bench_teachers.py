@@ -164,7 +164,7 @@ def main() -> int:
         parser.error(f"--depth-bins: expected at least two increasing depths >= 0 m, got {args.depth_bins!r}")
 
     from kd_depth_core.data.benchmarks import open_benchmark
-    from kd_depth_core.eval.evaluate import accepts_keyword, evaluate
+    from kd_depth_core.eval.evaluate import EvaluationResult, accepts_keyword, evaluate
     from kd_depth_core.eval.evaluate_cli import SGBM_LABEL, load_predict_fn
     from kd_depth_core.eval.protocols import get_protocol
     from kd_depth_core.eval.stats import paired_difference
@@ -185,7 +185,7 @@ def main() -> int:
     scaled = get_protocol("sequence", median_scaling=True, max_depth=80.0)
     rows = [(*mean_layout_row(list(mono)), None, None)]
     bins: list[tuple[str, list[tuple[float, int]]]] = []
-    frames: list[tuple[str, list[dict], list[dict]]] = []  # (label, per-image rows metric, median-scaled)
+    frames: list[tuple[str, EvaluationResult, EvaluationResult]] = []  # (label, metric, median-scaled), as `rows`
     for label, path in models:
         predict_fn, _ = load_predict_fn(path, options)
         samples = stereo if accepts_keyword(predict_fn, "right") else mono
@@ -194,14 +194,14 @@ def main() -> int:
         result = evaluate(predict_fn, samples, protocol, label=label, progress=False)
         median_scaled = evaluate(predict_fn, samples, scaled, label=label, progress=False)
         rows.append((label, result.mean, median_scaled.mean, median_scaled.scale_ratio))
-        frames.append((label, result.per_image, median_scaled.per_image))
+        frames.append((label, result, median_scaled))
         mc_fn = mc_mean_predict_fn(path, args.mc_samples) if args.mc_samples > 0 and path.suffix else None
         if mc_fn is not None:
             mc_label = f"{label}, MC-dropout mean of {args.mc_samples}"
             result = evaluate(mc_fn, mono, protocol, label=mc_label, progress=False)
             median_scaled = evaluate(mc_fn, mono, scaled, label=mc_label, progress=False)
             rows.append((mc_label, result.mean, median_scaled.mean, median_scaled.scale_ratio))
-            frames.append((mc_label, result.per_image, median_scaled.per_image))
+            frames.append((mc_label, result, median_scaled))
     print("| model | AbsRel | RMSE (m) | δ1 | images | median-scaled AbsRel | scale ratio (std) |\n"
           "|---|---:|---:|---:|---:|---:|---:|")
     for label, mean, median_scaled, ratio in rows:
@@ -216,20 +216,20 @@ def main() -> int:
         for label, cells in bins:
             print(f"| {label} | {' | '.join(f'{error:.3f}' for error, _ in cells)} |")
     if args.per_sequence:
-        names = list(per_sequence(frames[0][1], frames[0][2]))
+        names = list(per_sequence(frames[0][1].per_image, frames[0][2].per_image))
         print(f"\n| AbsRel (median scale ratio) | {' | '.join(names)} | all |\n|---|{'---:|' * (len(names) + 1)}")
-        for label, metric, scaled_rows in frames:
-            cells = [*per_sequence(metric, scaled_rows).values(),
-                     (np.mean([r["abs_rel"] for r in metric]), np.median([r["scale_ratio"] for r in scaled_rows]))]
+        for label, metric, median_scaled in frames:
+            cells = [*per_sequence(metric.per_image, median_scaled.per_image).values(),
+                     (metric.mean["abs_rel"], median_scaled.scale_ratio["median"])]
             print(f"| {label} | " + " | ".join(f"{e:.4f} ({r:.3f})" for e, r in cells) + " |")
     if args.paired:
-        sgbm = [r["abs_rel"] for r in frames[0][1]]  # the first row is SGBM's
+        sgbm = [r["abs_rel"] for r in frames[0][1].per_image]  # the first row is SGBM's
         print(f"\n| per frame, model − SGBM ({len(sgbm)} frames) | AbsRel | difference | 95 % CI |\n|---|---:|---:|---:|")
         for label, metric, _ in frames[1:]:
-            if [r["name"] for r in metric] != [r["name"] for r in frames[0][1]]:
+            if [r["name"] for r in metric.per_image] != [r["name"] for r in frames[0][1].per_image]:
                 raise SystemExit(f"--paired: {label} was scored on other frames than SGBM; cannot pair them")
-            d = paired_difference([r["abs_rel"] for r in metric], sgbm)
-            print(f"| {label} | {np.mean([r['abs_rel'] for r in metric]):.4f} | {d['mean']:+.4f} "
+            d = paired_difference([r["abs_rel"] for r in metric.per_image], sgbm)
+            print(f"| {label} | {metric.mean['abs_rel']:.4f} | {d['mean']:+.4f} "
                   f"| [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] |")
     return 0
 
