@@ -10,7 +10,8 @@ are the same frames median-scaled, with the median of the per-image ratios media
 (1 = metric scale exactly) and their spread. `--mc-samples N` adds, for every monocular model with
 dropout sites, a row for its MC-dropout ensemble mean of N passes: the labels method 1 distils
 (`distill.teacher.TeacherWrapper`, the same code the distillation runs). `--depth-bins 0,5,10,20,40,80` adds a
-second table: each row's per-pixel AbsRel by true depth (where a model wins or loses against SGBM).
+second table: each row's per-pixel AbsRel by true depth (where a model wins or loses against SGBM), and
+`--by-confidence` one split by SGBM's own pixels: those its left-right check keeps and the holes it fills.
 `--per-sequence` adds each row's AbsRel and median scale ratio per held-out sequence (a model that wins on
 average can still lose a whole street), and `--paired` each model's per-frame AbsRel minus SGBM's on the same
 frames, with its 95 % confidence interval (`eval.stats.paired_difference`).
@@ -73,24 +74,50 @@ def mean_layout_row(samples) -> tuple[str, dict]:
     return "mean layout (trivial floor)", result.mean
 
 
-def depth_bin_errors(predict_fn, samples, edges: list[float]) -> list[tuple[float, int]]:
-    """Per-pixel mean AbsRel and pixel count in each true-depth bin [edges[i], edges[i+1]) m, over `samples`.
-
-    Predictions are clipped to [1e-3, edges[-1]] m like the protocol's cap; pixels without depth are skipped.
-    """
+def pixel_errors(predict_fn, samples, max_depth: float):
+    """Per frame: (per-pixel AbsRel (H,W), true depth (H,W) m), predictions clipped to [1e-3, max_depth] m like the
+    protocol's cap; AbsRel is NaN where there is no true depth."""
     from kd_depth_core.eval.evaluate import unpack_prediction
 
-    sums, counts = np.zeros(len(edges) - 1), np.zeros(len(edges) - 1, dtype=np.int64)
     for sample in samples:
         image, gt, name, meta = sample  # the sequence reader's (image, depth m, name, meta)
         given = {k: meta[k] for k in ("right", "baseline") if k in meta}
         depth, _ = unpack_prediction(predict_fn(image, K=meta.get("K"), **given), name)
-        pred = np.clip(np.asarray(depth, dtype=np.float64), 1e-3, edges[-1])
-        error = np.abs(pred - gt) / np.maximum(gt, 1e-3)
+        pred = np.clip(np.asarray(depth, dtype=np.float64), 1e-3, max_depth)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            yield np.where(gt > 1e-3, np.abs(pred - gt) / gt, np.nan), gt
+
+
+def depth_bin_errors(predict_fn, samples, edges: list[float]) -> list[tuple[float, int]]:
+    """Per-pixel mean AbsRel and pixel count in each true-depth bin [edges[i], edges[i+1]) m, over `samples`."""
+    sums, counts = np.zeros(len(edges) - 1), np.zeros(len(edges) - 1, dtype=np.int64)
+    for error, gt in pixel_errors(predict_fn, samples, edges[-1]):
         for i, (low, high) in enumerate(zip(edges, edges[1:])):
             inside = (gt > 1e-3) & (gt >= low) & (gt < high)
             sums[i] += error[inside].sum()
             counts[i] += int(inside.sum())
+    return [(s / c if c else float("nan"), int(c)) for s, c in zip(sums, counts)]
+
+
+def sgbm_confident_masks(stereo_samples, min_depth: float) -> list[np.ndarray]:
+    """Per frame, the pixels (H,W) bool OpenCV SGBM keeps after its left-right check (the SGBM row's settings);
+    the others are the holes its row-wise filling guesses."""
+    from kd_depth_core.classical.sgbm import SGBMSettings, sgbm_disparity
+
+    settings = SGBMSettings(min_depth=min_depth)
+    return [sgbm_disparity(image, meta["right"], settings, fx=float(np.asarray(meta["K"])[0, 0]),
+                           baseline=float(meta["baseline"]))[1] for image, _, _, meta in stereo_samples]
+
+
+def confidence_split_errors(predict_fn, samples, masks: list[np.ndarray],
+                            max_depth: float) -> list[tuple[float, int]]:
+    """Per-pixel mean AbsRel and pixel count on SGBM's confident pixels, then on its holes (true depth <= max_depth)."""
+    sums, counts = np.zeros(2), np.zeros(2, dtype=np.int64)
+    for (error, gt), confident in zip(pixel_errors(predict_fn, samples, max_depth), masks, strict=True):
+        valid = (gt > 1e-3) & (gt <= max_depth)
+        for i, part in enumerate((valid & confident, valid & ~confident)):
+            sums[i] += error[part].sum()
+            counts[i] += int(part.sum())
     return [(s / c if c else float("nan"), int(c)) for s, c in zip(sums, counts)]
 
 
@@ -151,6 +178,8 @@ def main() -> int:
                         help="also score each MC-dropout model as its ensemble mean of N passes (0 = off)")
     parser.add_argument("--depth-bins", default="", help="also per-pixel AbsRel by true depth, bin edges in m, "
                         "e.g. 0,5,10,20,40,80")
+    parser.add_argument("--by-confidence", action="store_true",
+                        help="also per-pixel AbsRel on the pixels SGBM's left-right check keeps and on its filled holes")
     parser.add_argument("--per-sequence", action="store_true",
                         help="also AbsRel and median scale ratio per held-out sequence")
     parser.add_argument("--paired", action="store_true",
@@ -185,12 +214,16 @@ def main() -> int:
     scaled = get_protocol("sequence", median_scaling=True, max_depth=80.0)
     rows = [(*mean_layout_row(list(mono)), None, None)]
     bins: list[tuple[str, list[tuple[float, int]]]] = []
+    masks = sgbm_confident_masks(stereo, options.sgbm_min_depth) if args.by_confidence else []
+    split: list[tuple[str, list[tuple[float, int]]]] = []
     frames: list[tuple[str, EvaluationResult, EvaluationResult]] = []  # (label, metric, median-scaled), as `rows`
     for label, path in models:
         predict_fn, _ = load_predict_fn(path, options)
         samples = stereo if accepts_keyword(predict_fn, "right") else mono
         if edges:
             bins.append((label, depth_bin_errors(predict_fn, samples, edges)))
+        if masks:
+            split.append((label, confidence_split_errors(predict_fn, samples, masks, options.max_depth)))
         result = evaluate(predict_fn, samples, protocol, label=label, progress=False)
         median_scaled = evaluate(predict_fn, samples, scaled, label=label, progress=False)
         rows.append((label, result.mean, median_scaled.mean, median_scaled.scale_ratio))
@@ -215,6 +248,13 @@ def main() -> int:
         print(f"| pixels | {' | '.join(f'{count:,}' for _, count in bins[0][1])} |")
         for label, cells in bins:
             print(f"| {label} | {' | '.join(f'{error:.3f}' for error, _ in cells)} |")
+    if split:
+        (_, kept), (_, holes) = split[0][1]
+        share = kept / max(kept + holes, 1)
+        print(f"\n| per-pixel AbsRel | SGBM left-right checked ({share:.0%} of pixels) | SGBM holes, filled |\n"
+              f"|---|---:|---:|\n| pixels | {kept:,} | {holes:,} |")
+        for label, ((on_kept, _), (on_holes, _)) in split:
+            print(f"| {label} | {on_kept:.4f} | {on_holes:.4f} |")
     if args.per_sequence:
         names = list(per_sequence(frames[0][1].per_image, frames[0][2].per_image))
         print(f"\n| AbsRel (median scale ratio) | {' | '.join(names)} | all |\n|---|{'---:|' * (len(names) + 1)}")

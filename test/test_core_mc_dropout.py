@@ -82,3 +82,15 @@ def test_ms_dpt_eval_passes_are_identical_and_mc_passes_differ() -> None:
     assert mean.shape == std.shape == (1, 1, 32, 64)
     assert float(std.min()) >= 0 and float(std.max()) > 0
     assert 0.1 <= float(mean.min()) and float(mean.max()) <= 100.0
+
+
+def test_mc_dropout_site_drops_a_share_p_and_rescales_the_rest() -> None:
+    torch.manual_seed(0)
+    site = MCDropout(0.1)
+    x = torch.full((200, 500), 2.0)
+    y = site.train()(x)
+    dropped = y == 0
+    assert float(dropped.float().mean()) == pytest.approx(0.1, abs=0.005)  # 100,000 draws: std 0.001
+    assert torch.allclose(y[~dropped], torch.full_like(y[~dropped], 2.0 / 0.9))
+    assert torch.equal(site.eval()(x), x)
+    assert torch.equal(MCDropout(1.0).train()(x), torch.zeros_like(x))

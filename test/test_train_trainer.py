@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from kd_depth_core.config import ConfigError, TrainConfig, config_from_dict
 from kd_depth_core.train import checkpoint as ckpt
 from kd_depth_core.train.tasks import Task
-from kd_depth_core.train.trainer import Trainer, lr_factor
+from kd_depth_core.train.trainer import Trainer, amp_dtype, lr_factor
 
 WEIGHTS = torch.tensor([1.0, -2.0, 3.0, 0.5])
 
@@ -220,3 +220,50 @@ def test_too_small_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match=r"data.batch_size: the training split has 32 samples, fewer than "
                                           r"data.batch_size \(64\)"):
         Trainer(cfg, ToyTask(cfg), ToyDataset())
+
+
+class ConvToyTask(ToyTask):
+    """ToyTask with a convolution: x (4,) seen as a 2-channel 2x1 image -> Conv2d(2, 8, (2, 1)) -> Linear(8, 1)."""
+
+    def __init__(self, cfg: TrainConfig, options: ToyTask.Options | None = None) -> None:
+        super().__init__(cfg, options)
+        self.net = nn.Sequential(nn.Unflatten(1, (2, 2, 1)), nn.Conv2d(2, 8, (2, 1)), nn.Flatten(), nn.ReLU(),
+                                 nn.Linear(8, 1))
+
+
+def test_channels_last_changes_the_layout_not_the_training(tmp_path):
+    results = {}
+    for channels_last in (False, True):
+        cfg = make_cfg(tmp_path / str(channels_last), max_steps=6, channels_last=channels_last)
+        torch.manual_seed(0)
+        task = ConvToyTask(cfg)
+        Trainer(cfg, task, ToyDataset()).fit()
+        conv = task.net[1].weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert conv.is_contiguous() != channels_last
+        results[channels_last] = weights(task)
+    for name, value in results[False].items():  # the same steps, only the memory layout differs
+        assert torch.allclose(value, results[True][name], rtol=1e-4, atol=1e-6), name
+
+
+def test_amp_dtype_per_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert amp_dtype("none", cpu) is None and amp_dtype("none", cuda) is None
+    assert amp_dtype("bf16", cuda) == torch.bfloat16 and amp_dtype("fp16", cuda) == torch.float16
+    assert amp_dtype("fp16", cpu) is None  # no fp16 autocast on the CPU
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert amp_dtype("bf16", cpu) == (torch.bfloat16 if native else None)
+
+
+@pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+                    reason="this CPU has no native bf16 arithmetic")
+def test_bf16_amp_runs_the_convolutions_in_bf16_on_a_cpu_that_has_it(tmp_path):
+    seen = {}
+    for amp in ("none", "bf16"):
+        cfg = make_cfg(tmp_path / amp, max_steps=3, amp=amp)
+        torch.manual_seed(0)
+        task = ConvToyTask(cfg)
+        task.net[1].register_forward_hook(lambda module, args, out, amp=amp: seen.update({amp: out.dtype}) or None)
+        Trainer(cfg, task, ToyDataset()).fit()
+        assert all(torch.isfinite(v).all() and v.dtype == torch.float32 for v in task.state_dict().values())
+    assert seen == {"none": torch.float32, "bf16": torch.bfloat16}
