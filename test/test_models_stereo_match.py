@@ -320,3 +320,14 @@ def test_box_mean_is_the_border_clipped_window_mean():
     y = torch.rand(2, 3, 17, 29)
     torch.testing.assert_close(box_mean(y, 9), torch.nn.functional.avg_pool2d(y, 9, stride=1, padding=4,
                                                                                count_include_pad=False))
+
+
+def test_soft_argmin_stays_float32_for_bf16_logits() -> None:
+    torch.manual_seed(0)
+    logits = (4 * torch.randn(2, 64, 3, 5)).to(torch.bfloat16)  # what a bf16-autocast aggregation hands over
+    candidates = torch.arange(64, dtype=torch.float32)
+    mean, std = soft_argmin(logits, candidates)
+    prob = torch.softmax(logits.double(), dim=1)
+    expected = (prob * candidates.double().view(1, -1, 1, 1)).sum(1, keepdim=True)
+    assert mean.dtype == std.dtype == torch.float32
+    assert torch.allclose(mean.double(), expected, atol=1e-4)  # bf16 arithmetic: errors of ~0.1 px

@@ -178,9 +178,10 @@ def resample_candidates(volume: torch.Tensor, candidates: int) -> torch.Tensor:
 def soft_argmin(logits: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Matching logits (B,D,H,W) over disparity `candidates` (D,) -> (expected disparity, std), each (B,1,H,W).
 
-    The expectation under softmax(logits) over the candidate axis: differentiable and subpixel.
+    The expectation under softmax(logits) over the candidate axis: differentiable and subpixel. Computed in
+    float32 under autocast too: bf16's 8-bit mantissa would round a 60-px disparity to 0.25 px.
     """
-    prob = torch.softmax(logits, dim=1)
+    prob = torch.softmax(logits.float(), dim=1)
     values = candidates.view(1, -1, 1, 1).to(prob)
     mean = (prob * values).sum(1, keepdim=True)
     var = (prob * (values - mean) ** 2).sum(1, keepdim=True)
@@ -272,6 +273,7 @@ class Refinement(nn.Module):
             if right is None:
                 raise ValueError("Refinement with local matching needs the right image")
             cost = local_matching_cost(image, right, disparity / self.stride, self.local_offsets, self.local_block)
+            cost = cost.float()  # float32 under autocast: the shift is a subpixel correction
             prob = torch.softmax(-self.log_local_scale.exp() * (cost - cost.amin(1, keepdim=True)), dim=1)
             shift = (prob * self.local_offsets.view(1, -1, 1, 1).to(prob)).sum(1, keepdim=True)
             disparity = F.relu(disparity + shift * self.stride)
