@@ -126,7 +126,7 @@ class TrainLoopConfig:
     keep_checkpoints: int = 2  # newest N step checkpoints kept
     grad_clip: float = 0.0  # max global grad norm per phase; 0 = no clipping
     amp: Literal["none", "bf16", "fp16"] = "none"  # autocast: CUDA; bf16 also on CPUs with native bf16
-    channels_last: bool = True  # NHWC conv weights/activations (faster convolutions: 1.1x a DPT-Hybrid step on CPU)
+    channels_last: bool = True  # NHWC conv weights/activations: 1.07-1.34x per forward+backward on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms
