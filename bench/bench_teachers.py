@@ -14,7 +14,8 @@ second table: each row's per-pixel AbsRel by true depth (where a model wins or l
 `--by-confidence` one split by SGBM's own pixels: those its left-right check keeps and the holes it fills.
 `--per-sequence` adds each row's AbsRel and median scale ratio per held-out sequence (a model that wins on
 average can still lose a whole street), and `--paired` each model's per-frame AbsRel minus SGBM's on the same
-frames, with its 95 % confidence interval (`eval.stats.paired_difference`).
+frames, with its 95 % confidence interval (`eval.stats.paired_difference`); `--paired-with MODEL` the same
+against one of the given models (a retrained model against the one it replaces).
 
     python bench/bench_teachers.py --data demo_output/synth/street --run runs/teacher_stereo --steps 300,450
     python bench/bench_teachers.py --data demo_output/synth/street --model runs/teacher/model.safetensors \
@@ -161,6 +162,19 @@ def mc_mean_predict_fn(path: Path, num_samples: int):
     return predict_fn
 
 
+def print_paired(frames, reference, name: str) -> None:
+    """A table of each row's per-frame AbsRel minus `reference`'s on the same frames, with its 95 % CI."""
+    from kd_depth_core.eval.stats import paired_difference
+
+    base = [r["abs_rel"] for r in reference[1].per_image]
+    print(f"\n| per frame, model − {name} ({len(base)} frames) | AbsRel | difference | 95 % CI |\n|---|---:|---:|---:|")
+    for label, metric, _ in frames:
+        if [r["name"] for r in metric.per_image] != [r["name"] for r in reference[1].per_image]:
+            raise SystemExit(f"paired: {label} was scored on other frames than {name}; cannot pair them")
+        d = paired_difference([r["abs_rel"] for r in metric.per_image], base)
+        print(f"| {label} | {metric.mean['abs_rel']:.4f} | {d['mean']:+.4f} | [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
@@ -184,7 +198,12 @@ def main() -> int:
                         help="also AbsRel and median scale ratio per held-out sequence")
     parser.add_argument("--paired", action="store_true",
                         help="also each model's per-frame AbsRel minus SGBM's, with its 95 %% confidence interval")
+    parser.add_argument("--paired-with", type=Path, default=None, metavar="MODEL",
+                        help="also each model's per-frame AbsRel minus this one's (one of the --model files), e.g. a "
+                        "retrained model against the one it replaces")
     args = parser.parse_args()
+    if args.paired_with is not None and args.paired_with not in args.model:
+        parser.error(f"--paired-with: {args.paired_with} is not one of the --model files; pass it as --model too")
     try:
         edges = [float(v) for v in args.depth_bins.split(",") if v]
     except ValueError:
@@ -196,8 +215,6 @@ def main() -> int:
     from kd_depth_core.eval.evaluate import EvaluationResult, accepts_keyword, evaluate
     from kd_depth_core.eval.evaluate_cli import SGBM_LABEL, load_predict_fn
     from kd_depth_core.eval.protocols import get_protocol
-    from kd_depth_core.eval.stats import paired_difference
-
     print(f"load average {os.getloadavg()[0]:.2f}, {time.strftime('%Y-%m-%d %H:%M')}", file=sys.stderr)
     models: list[tuple[str, Path]] = [(SGBM_LABEL, Path("sgbm"))] + [(model_label(m), m) for m in args.model]
     for run, steps in zip(args.run, args.steps + [""] * len(args.run)):
@@ -263,14 +280,10 @@ def main() -> int:
                      (metric.mean["abs_rel"], median_scaled.scale_ratio["median"])]
             print(f"| {label} | " + " | ".join(f"{e:.4f} ({r:.3f})" for e, r in cells) + " |")
     if args.paired:
-        sgbm = [r["abs_rel"] for r in frames[0][1].per_image]  # the first row is SGBM's
-        print(f"\n| per frame, model − SGBM ({len(sgbm)} frames) | AbsRel | difference | 95 % CI |\n|---|---:|---:|---:|")
-        for label, metric, _ in frames[1:]:
-            if [r["name"] for r in metric.per_image] != [r["name"] for r in frames[0][1].per_image]:
-                raise SystemExit(f"--paired: {label} was scored on other frames than SGBM; cannot pair them")
-            d = paired_difference([r["abs_rel"] for r in metric.per_image], sgbm)
-            print(f"| {label} | {metric.mean['abs_rel']:.4f} | {d['mean']:+.4f} "
-                  f"| [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] |")
+        print_paired(frames[1:], frames[0], "SGBM")  # the first row is SGBM's
+    if args.paired_with is not None:
+        reference = next(f for f in frames if f[0] == model_label(args.paired_with))
+        print_paired([f for f in frames[1:] if f is not reference], reference, reference[0])
     return 0
 
 
