@@ -246,6 +246,7 @@ def main() -> int:
     teacher_cfg["task"] = {"name": "segmentation", "kwargs": {}}
     teacher_cfg["optim"]["lr"] = 1e-3
     teacher_cfg["train"]["max_steps"] = args.teacher_steps
+    teacher_cfg["train"]["init_from"] = ""  # --init-from starts the depth students, not the segmentation teacher
     teacher_cfg["train"]["log_every"] = max(args.teacher_steps // 10, 1)
     print("training:")
     teacher_path = args.segmentation_teacher or train(teacher_cfg, "segmentation teacher")[0]
@@ -259,7 +260,9 @@ def main() -> int:
     suffix = "" if args.translator_scales == 4 else f"_scales{args.translator_scales}"
     suffix += f"_warmup{args.translator_warmup}" if args.translator_warmup else ""
     # fine-tunes are named after their start (the run folder holding it), so another --init-from never reuses them
-    proxy += f"_finetune-{args.init_from.resolve().parent.name}" if args.init_from else ""
+    if args.init_from:
+        start = args.init_from.resolve().parent
+        proxy += f"_finetune-{(start.parent if start.name == 'checkpoints' else start).name}"
     test = SequenceDataset(root, "test", offsets=(), size=args.size, load_depth=True, load_semantic=True,
                            stride=args.stride)
     if args.limit:

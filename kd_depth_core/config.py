@@ -132,7 +132,8 @@ class TrainLoopConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms
     out_dir: str = "runs/train"
     resume: str = ""  # "" = fresh run, "auto" = newest checkpoint in out_dir, or a checkpoint path
-    init_from: str = ""  # released model file whose weights start the deployed network (fine-tuning); "" = none
+    init_from: str = ""  # fine-tuning: a released model file (.safetensors) or another run's checkpoint (.pt, also
+    #                      its pose network) whose weights start the deployed network; "" = none
     progress: bool = True  # tqdm bar on rank 0
 
 

@@ -108,6 +108,20 @@ def test_every_registered_model_forward_backward_and_feature_contract(name: str)
     _check_all_parameters_get_gradients(model)
 
 
+@pytest.mark.parametrize("name", ["student_lcnet", "ms_dpt_teacher"])
+def test_disparity_stays_float32_under_bf16_autocast(name: str) -> None:
+    """bf16 keeps 8 bits of a sigmoid disparity (0.4 % of depth): both decoders apply it in fp32."""
+    torch.manual_seed(0)
+    model = create_model(name, **TINY_KWARGS.get(name, {})).eval()
+    image = torch.rand(1, 3, HEIGHT, WIDTH)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        disp = model(image)["disp"]
+    assert all(d.dtype == torch.float32 for d in disp)
+    # fp32 carries more than bf16's 256 levels per octave: the finest map is not on bf16's grid
+    finest = disp[0].flatten()
+    assert not torch.equal(finest, finest.to(torch.bfloat16).float())
+
+
 def test_model_spec_rebuilds_the_same_network() -> None:
     model = create_model("student_lcnet", backbone="lcnet_050", uncertainty=True).eval()
     spec = model.model_spec

@@ -276,3 +276,60 @@ def test_init_from_a_file_that_does_not_fit_is_a_one_line_error(tmp_path, change
     assert message.startswith("ss.yaml: train.init_from: ") and fragment in message and "\n" not in message
     with pytest.raises(CheckpointError, match="train.init_from: model file not found: .*missing.safetensors"):
         init_from_model(task, tmp_path / "missing.safetensors")
+
+
+def _checkpoint(task, cfg, path):
+    """A training checkpoint of `task` the way the trainer writes one (format 1, weights-only)."""
+    from kd_depth_core.train.checkpoint import save_checkpoint
+
+    return save_checkpoint(path, {"step": 7, "nonfinite_steps": 0, "world_size": 1, "task": task.state_dict(),
+                                  "optimizers": {}, "schedulers": {}, "scalers": {}, "rng": [],
+                                  "config": cfg.to_dict()})
+
+
+def test_init_from_a_checkpoint_also_starts_the_pose_network(tmp_path):
+    from kd_depth_core.train.checkpoint import init_from_model
+
+    torch.manual_seed(0)
+    source_cfg = make_cfg(tmp_path / "a", mode="mono")
+    source = create_task("self_supervised", source_cfg)
+    path = _checkpoint(source, source_cfg, tmp_path / "a" / "step_00000007.pt")
+    torch.manual_seed(1)
+    task = create_task("self_supervised", make_cfg(tmp_path / "b", mode="mono"))
+    assert _max_difference(task.pose_net, source.pose_net) > 1e-3  # a fresh pose network differs
+    parts = init_from_model(task, path, "ss.yaml: train.init_from")
+    assert parts == ["network (from depth_net)", "pose_net"]
+    assert _max_difference(task.deploy_model(), source.deploy_model()) == 0
+    assert _max_difference(task.pose_net, source.pose_net) == 0
+    # a released file carries no pose network: only the depth network moves
+    torch.manual_seed(1)
+    fresh = create_task("self_supervised", make_cfg(tmp_path / "c", mode="mono"))
+    assert init_from_model(fresh, _released(source, tmp_path / "m.safetensors")) == ["network"]
+    assert _max_difference(fresh.pose_net, source.pose_net) > 1e-3
+
+
+def test_init_from_a_checkpoint_finds_the_network_under_any_name_and_refuses_one_that_does_not_fit(tmp_path):
+    from kd_depth_core.train.checkpoint import CheckpointError, init_from_model
+
+    torch.manual_seed(0)
+    cfg = make_cfg(tmp_path / "a", mode="mono")
+    source = create_task("self_supervised", cfg)
+    path = _checkpoint(source, cfg, tmp_path / "renamed.pt")
+    state = torch.load(path, weights_only=True)  # a distillation run keeps its network as `student.*`
+    state["task"] = {k.replace("depth_net.", "student.", 1): v for k, v in state["task"].items()}
+    torch.save(state, path)
+    task = create_task("self_supervised", make_cfg(tmp_path / "b", mode="mono"))
+    assert init_from_model(task, path)[0] == "network (from student)"
+    assert _max_difference(task.deploy_model(), source.deploy_model()) == 0
+
+    other_cfg = make_cfg(tmp_path / "c", mode="mono", model_kwargs={"backbone": "lcnet_075"})
+    other = _checkpoint(create_task("self_supervised", other_cfg), other_cfg, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError) as info:
+        init_from_model(task, other, "ss.yaml: train.init_from")
+    message = str(info.value)
+    assert message.startswith("ss.yaml: train.init_from: ") and "holds no network that fits" in message
+    assert "depth_net" in message and "\n" not in message
+    far_cfg = make_cfg(tmp_path / "d", mode="mono", min_depth=1.0)
+    far = _checkpoint(create_task("self_supervised", far_cfg), far_cfg, tmp_path / "far.pt")
+    with pytest.raises(CheckpointError, match="predicts depth 1-20 m, this task 0.5-20 m"):
+        init_from_model(task, far)

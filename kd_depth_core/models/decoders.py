@@ -118,11 +118,11 @@ class MultiScaleDispDecoder(nn.Module):
                 x = torch.cat([x, skip], dim=1)
             x = self.upconv_out[stage](x)
             if level < NUM_SCALES:
-                disp.insert(0, torch.sigmoid(self.disp_heads[level](x)))
+                disp.insert(0, torch.sigmoid(self.disp_heads[level](x).float()))  # fp32 under autocast
         out: dict[str, torch.Tensor | list[torch.Tensor]] = {"disp": disp}
         log_sigma = self.log_sigma_head(x) if self.log_sigma_head is not None else None
         if self.finest == 1:  # full-resolution outputs from the stride-2 stage
-            disp.insert(0, torch.sigmoid(_upsample2x(self.disp_heads[0](x))))
+            disp.insert(0, torch.sigmoid(_upsample2x(self.disp_heads[0](x)).float()))
             log_sigma = _upsample2x(log_sigma) if log_sigma is not None else None
         if log_sigma is not None:
             out["log_sigma"] = log_sigma

@@ -98,7 +98,7 @@ class DispHead(nn.Module):
         if tuple(x.shape[-2:]) != tuple(size):
             x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
         x = self.dropout(F.relu(self.hidden(x)))
-        return torch.sigmoid(self.out(x))
+        return torch.sigmoid(self.out(x).float())  # fp32 under autocast: bf16 keeps 8 bits of disparity
 
 
 class MSDPTDecoder(nn.Module):

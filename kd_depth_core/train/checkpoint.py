@@ -137,14 +137,18 @@ def load_task_state(task: torch.nn.Module, task_state: dict[str, Any], source: s
                                   f"unexpected {result.unexpected_keys[:5]}")
 
 
-def init_from_model(task: torch.nn.Module, path: str | os.PathLike, where: str = "train.init_from") -> None:
+def init_from_model(task: torch.nn.Module, path: str | os.PathLike, where: str = "train.init_from") -> list[str]:
     """Start the task's deployed network (`task.deploy_model()`) from a released model file: fine-tuning.
 
-    Only the network's weights are loaded; the optimizer, schedule and step start afresh. The file's
-    tensors must match the network's keys and shapes exactly, and a depth network's sigmoid disparity
-    must mean the same depths (the file's depth range equals the task's `min_depth`/`max_depth`).
-    Errors are one-line `CheckpointError`s that start with `where` and name the file.
+    `path` is a released model file (`.safetensors`: the network only) or a training checkpoint (`.pt`,
+    `init_from_checkpoint`: the network and every part the two tasks share, e.g. a monocular run's pose
+    network). Only weights are loaded; the optimizer, schedule and step start afresh. The file's tensors
+    must match the network's keys and shapes exactly, and a depth network's sigmoid disparity must mean
+    the same depths (the file's depth range equals the task's `min_depth`/`max_depth`). Errors are
+    one-line `CheckpointError`s that start with `where` and name the file. Returns the parts loaded.
     """
+    if Path(path).suffix == ".pt":
+        return init_from_checkpoint(task, path, where)
     from kd_depth_core.models.io import ModelFileError, read_checked
 
     try:
@@ -163,13 +167,66 @@ def init_from_model(task: torch.nn.Module, path: str | os.PathLike, where: str =
         raise CheckpointError(f"{where}: {path} holds a {metadata.model_name} {metadata.model_kwargs} whose weights do "
                               f"not fit this run's {type(network).__name__} ({found}); set model.name/model.kwargs to "
                               "the file's")
-    task_range = (getattr(task, "min_depth", None), getattr(task, "max_depth", None))
-    if None not in task_range and not np.allclose(task_range, (metadata.min_depth, metadata.max_depth)):
-        raise CheckpointError(f"{where}: {path} predicts depth {metadata.min_depth:g}-{metadata.max_depth:g} m, this "
-                              f"task {task_range[0]:g}-{task_range[1]:g} m; set the task's min_depth/max_depth to the "
-                              "file's so its disparities keep their meaning")
+    _check_depth_range(task, (metadata.min_depth, metadata.max_depth), path, where)
     with torch.no_grad():
         network.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()})
+    return ["network"]
+
+
+def _check_depth_range(task: torch.nn.Module, file_range: tuple[float | None, float | None], path: Any,
+                       where: str) -> None:
+    task_range = (getattr(task, "min_depth", None), getattr(task, "max_depth", None))
+    if None not in task_range and None not in file_range and not np.allclose(task_range, file_range):
+        raise CheckpointError(f"{where}: {path} predicts depth {file_range[0]:g}-{file_range[1]:g} m, this "
+                              f"task {task_range[0]:g}-{task_range[1]:g} m; set the task's min_depth/max_depth to the "
+                              "file's so its disparities keep their meaning")
+
+
+def _fits(module_state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> bool:
+    return (bool(module_state) and tensors.keys() == module_state.keys()
+            and all(tuple(tensors[k].shape) == tuple(v.shape) for k, v in module_state.items()))
+
+
+def _under(tensors: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def init_from_checkpoint(task: torch.nn.Module, path: str | os.PathLike, where: str = "train.init_from") -> list[str]:
+    """Start a task from another run's training checkpoint (`.pt`); returns the parts loaded, e.g.
+    ``["network (from depth_net)", "pose_net"]``.
+
+    The deployed network starts from the checkpoint's one part whose keys and shapes are exactly the
+    network's, whatever the source task called it (`depth_net` of a self-supervised run, `student` of a
+    distillation). Every other part of this task found in the checkpoint under the same name with the
+    same keys and shapes (a pose network) starts from it too; the rest (a translator, adapters) stays as
+    initialised. The source's depth range, where its config gives one, must equal this task's.
+    """
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"{where}: {error}") from None
+    tensors = state["task"]
+    network = task.deploy_model()
+    wanted = network.state_dict()
+    prefixes = sorted({k.split(".", 1)[0] for k in tensors})
+    source = next((p for p in prefixes if _fits(wanted, _under(tensors, p))), None)
+    if source is None:
+        raise CheckpointError(f"{where}: {path} holds no network that fits this run's {type(network).__name__} "
+                              f"(its parts: {', '.join(prefixes) or 'none'}); set model.name/model.kwargs to the "
+                              "source run's")
+    config = state["config"] if isinstance(state["config"], dict) else {}
+    kwargs = (config.get("task") or {}).get("kwargs") or {}
+    _check_depth_range(task, (kwargs.get("min_depth"), kwargs.get("max_depth")), path, where)
+    loads = {"network": (network, _under(tensors, source))}
+    for name, module in task.named_children():
+        part = _under(tensors, name)
+        if module is not network and _fits(module.state_dict(), part):
+            loads[name] = (module, part)
+    with torch.no_grad():
+        for module, part in loads.values():
+            own = module.state_dict()
+            module.load_state_dict({k: v.to(own[k].dtype) for k, v in part.items()})
+    return [f"network (from {source})" if name == "network" else name for name in loads]
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

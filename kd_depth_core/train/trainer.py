@@ -457,9 +457,10 @@ class Trainer:
             if tcfg.resume == "auto" and env.is_main:
                 log.info("train.resume=auto: no checkpoint in %s; starting fresh", ckpt.checkpoint_dir(self.out_dir))
             if tcfg.init_from:  # every rank loads the same file, so the replicas start equal
-                ckpt.init_from_model(self.task, tcfg.init_from, f"{cfg.source}: train.init_from")
+                parts = ckpt.init_from_model(self.task, tcfg.init_from, f"{cfg.source}: train.init_from")
                 if env.is_main:
-                    log.info("network initialised from %s (optimizer and step start afresh)", tcfg.init_from)
+                    log.info("%s initialised from %s (optimizer and step start afresh)", ", ".join(parts),
+                             tcfg.init_from)
         self._open_outputs()
         result = TrainResult(step=step, nonfinite_steps=self.nonfinite_steps)
         window: dict[str, list[float]] = defaultdict(list)
