@@ -203,8 +203,9 @@ def main() -> int:
     parser.add_argument("--segmentation-teacher", type=Path, default=None,
                         help="a trained segmentation teacher (released model) instead of training one")
     parser.add_argument("--init-from", type=Path, default=None,
-                        help="both students start from this released student (paired fine-tunes; its depth range "
-                             "must equal --min-depth/--max-depth)")
+                        help="both students start from this released student, or a training checkpoint (.pt: also "
+                             "its pose network, for --mode mono) (paired fine-tunes; its depth range must equal "
+                             "--min-depth/--max-depth)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--out", default=None,
                         help="keep data, runs and results.json here (default: a temp folder); data and models "
