@@ -138,7 +138,7 @@ def load_task_state(task: torch.nn.Module, task_state: dict[str, Any], source: s
 
 
 def init_from_model(task: torch.nn.Module, path: str | os.PathLike, where: str = "train.init_from") -> list[str]:
-    """Start the task's deployed network (`task.deploy_model()`) from a released model file: fine-tuning.
+    """Start the task's deployed network (`task.deploy_model()`) from a released file or a checkpoint: fine-tuning.
 
     `path` is a released model file (`.safetensors`: the network only) or a training checkpoint (`.pt`,
     `init_from_checkpoint`: the network and every part the two tasks share, e.g. a monocular run's pose
