@@ -333,3 +333,19 @@ def test_init_from_a_checkpoint_finds_the_network_under_any_name_and_refuses_one
     far = _checkpoint(create_task("self_supervised", far_cfg), far_cfg, tmp_path / "far.pt")
     with pytest.raises(CheckpointError, match="predicts depth 1-20 m, this task 0.5-20 m"):
         init_from_model(task, far)
+
+
+def test_a_trainer_checkpoint_carries_its_depth_range_even_when_the_config_relied_on_the_defaults(tmp_path):
+    from kd_depth_core.train.checkpoint import CheckpointError, init_from_model, latest_checkpoint
+
+    cfg = make_cfg(tmp_path / "a")
+    del cfg.task.kwargs["min_depth"], cfg.task.kwargs["max_depth"]  # the task's defaults: 0.1-100 m
+    cfg.train.max_steps = cfg.train.ckpt_every = 1
+    cfg.train.val_every = cfg.train.image_every = 0
+    source = create_task("self_supervised", cfg)
+    Trainer(cfg, source, PlaneDataset(2)).fit()
+    path = latest_checkpoint(cfg.train.out_dir)
+    assert torch.load(path, weights_only=True)["depth_range"] == [0.1, 100.0]
+    task = create_task("self_supervised", make_cfg(tmp_path / "b"))  # 0.5-20 m: the same sigmoid means other depths
+    with pytest.raises(CheckpointError, match="predicts depth 0.1-100 m, this task 0.5-20 m"):
+        init_from_model(task, path, "ss.yaml: train.init_from")

@@ -199,7 +199,8 @@ def init_from_checkpoint(task: torch.nn.Module, path: str | os.PathLike, where: 
     network's, whatever the source task called it (`depth_net` of a self-supervised run, `student` of a
     distillation). Every other part of this task found in the checkpoint under the same name with the
     same keys and shapes (a pose network) starts from it too; the rest (a translator, adapters) stays as
-    initialised. The source's depth range, where its config gives one, must equal this task's.
+    initialised. The source's depth range (stored in the checkpoint; in an older one, where its config
+    gives one) must equal this task's.
     """
     try:
         state = load_checkpoint(path)
@@ -214,9 +215,7 @@ def init_from_checkpoint(task: torch.nn.Module, path: str | os.PathLike, where: 
         raise CheckpointError(f"{where}: {path} holds no network that fits this run's {type(network).__name__} "
                               f"(its parts: {', '.join(prefixes) or 'none'}); set model.name/model.kwargs to the "
                               "source run's")
-    config = state["config"] if isinstance(state["config"], dict) else {}
-    kwargs = (config.get("task") or {}).get("kwargs") or {}
-    _check_depth_range(task, (kwargs.get("min_depth"), kwargs.get("max_depth")), path, where)
+    _check_depth_range(task, _checkpoint_depth_range(state), path, where)
     loads = {"network": (network, _under(tensors, source))}
     for name, module in task.named_children():
         part = _under(tensors, name)
@@ -227,6 +226,18 @@ def init_from_checkpoint(task: torch.nn.Module, path: str | os.PathLike, where: 
             own = module.state_dict()
             module.load_state_dict({k: v.to(own[k].dtype) for k, v in part.items()})
     return [f"network (from {source})" if name == "network" else name for name in loads]
+
+
+def _checkpoint_depth_range(state: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The source network's depth range (m), as the trainer stores it (`depth_range`, task defaults included).
+    A checkpoint written before that key existed gives it only where its config set `task.kwargs.min_depth`/
+    `max_depth`; otherwise (None, None): not checked."""
+    stored = state.get("depth_range")
+    if isinstance(stored, (list, tuple)) and len(stored) == 2:
+        return float(stored[0]), float(stored[1])
+    config = state["config"] if isinstance(state["config"], dict) else {}
+    kwargs = (config.get("task") or {}).get("kwargs") or {}
+    return kwargs.get("min_depth"), kwargs.get("max_depth")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -241,6 +241,8 @@ class Trainer:
             "scalers": {p: s.state_dict() for p, s in self.scalers.items()},
             "rng": rng_per_rank,
             "config": self.cfg.to_dict(),
+            # the deployed network's depth range (m), defaults included: a later `train.init_from` checks it
+            "depth_range": [float(self.task.min_depth), float(self.task.max_depth)],
         }
 
     def load_state(self, state: dict[str, Any], source: str = "checkpoint") -> int:
