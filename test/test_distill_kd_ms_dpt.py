@@ -139,6 +139,37 @@ def test_distillation_only_and_config_errors(world):
         create_task("kd_ms_dpt", make_cfg(world, "x", task={"typo": 1}))
 
 
+def test_mirror_where_flips_only_the_chosen_images_in_every_map():
+    from kd_depth_core.distill.common import mirror_where
+
+    row = torch.tensor([[[[1.0, 2.0, 3.0]]], [[[4.0, 5.0, 6.0]]]])  # (2,1,1,3)
+    out = mirror_where({"disp": [row, row[:, :, :, :2]], "scale": torch.ones(2), "name": "s"},
+                       torch.tensor([True, False]))
+    assert out["disp"][0].flatten().tolist() == [3.0, 2.0, 1.0, 4.0, 5.0, 6.0]
+    assert out["disp"][1].flatten().tolist() == [2.0, 1.0, 4.0, 5.0]
+    assert torch.equal(out["scale"], torch.ones(2)) and out["name"] == "s"  # not (B,C,H,W): untouched
+
+
+def test_mirror_shows_the_student_mirrored_images_and_returns_unmirrored_outputs(world):
+    cfg = make_cfg(world, "mirror", task={"photometric_weight": 0.0, "cache_dir": "", "mirror": 1.0})
+    task = create_task("kd_ms_dpt", cfg)
+    image = next(iter(torch.utils.data.DataLoader(dataset(cfg), batch_size=2)))["image"]
+    task.eval()
+    with torch.no_grad():
+        plain = task.student_outputs(image)
+        mirrored = task.student(image.flip(-1))
+    task.train()
+    task.student.eval()  # the same BatchNorm statistics as above; the task still trains, so it mirrors
+    with torch.no_grad():
+        out = task.student_outputs(image)
+    for scale in range(4):  # mirror 1: every image went in mirrored and came back mirrored
+        assert torch.allclose(out["disp"][scale], mirrored["disp"][scale].flip(-1))
+    assert torch.allclose(out["log_sigma"], mirrored["log_sigma"].flip(-1))
+    assert (out["disp"][0] - plain["disp"][0]).abs().max() > 1e-4  # the student is not mirror-symmetric
+    with pytest.raises(ConfigError, match="task.kwargs.mirror: expected a probability in"):
+        create_task("kd_ms_dpt", make_cfg(world, "x", task={"mirror": 1.5}))
+
+
 def test_distill_command_runs_distillation_configs_only(world, tmp_path, capsys):
     def run(cfg: TrainConfig, *overrides: str) -> int:
         path = tmp_path / "config.yaml"

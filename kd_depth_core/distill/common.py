@@ -68,6 +68,19 @@ class StudentOptions:
     proxy_cache_dir: str = ""  # per-frame SGBM cache; "" = <train.out_dir>/proxy_cache
 
 
+def mirror_where(value: Any, flip: torch.Tensor) -> Any:
+    """`value` with every (B,C,H,W) tensor in it (also inside lists and dicts) mirrored left-right where flip (B,) bool."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 4:
+            return value
+        return torch.where(flip.view(-1, 1, 1, 1), value.flip(-1), value)
+    if isinstance(value, dict):
+        return {key: mirror_where(item, flip) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(mirror_where(item, flip) for item in value)
+    return value
+
+
 def check_scale_weights(weights: Sequence[float], where: str) -> None:
     """ConfigError unless `weights` are 4 numbers >= 0 (output scales 0..3) with a positive sum."""
     if len(weights) != len(DEFAULT_SCALE_WEIGHTS) or any(w < 0 for w in weights) or sum(weights) <= 0:
@@ -259,6 +272,7 @@ class MonoTeacherDistillation(StudentDistillation):
         target_min_depth: float = 0.0  # metres; pixels with pseudo-depth <= this are left out
         confidence: Literal["inverse", "exp", "none"] = "inverse"
         confidence_tau: float = 0.1  # relative spread std/mean at which `inverse` gives weight 0.5
+        mirror: float = 0.0  # probability that the student sees an image mirrored left-right (`student_outputs`)
 
     method = "distillation"
 
@@ -294,6 +308,8 @@ class MonoTeacherDistillation(StudentDistillation):
             raise ConfigError(f"{where}.variance_focus: expected a number in [0, 1], got {opt.variance_focus}")
         if not opt.confidence_tau > 0:
             raise ConfigError(f"{where}.confidence_tau: expected a positive number, got {opt.confidence_tau}")
+        if not 0 <= opt.mirror <= 1:
+            raise ConfigError(f"{where}.mirror: expected a probability in [0, 1], got {opt.mirror}")
 
     def _load_teacher(self, where: str) -> TeacherWrapper:
         opt = self.options
@@ -356,6 +372,15 @@ class MonoTeacherDistillation(StudentDistillation):
                 records[i] = computed[j]
         labels = torch.from_numpy(np.stack(records)).to(image.device)
         return labels[:, :1], labels[:, 1:], 1.0 - len(missing) / len(records)
+
+    def student_outputs(self, image: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
+        """The student's output dict for image (B,3,H,W) (`kwargs` go to its forward). While training, each
+        image is mirrored left-right with probability `mirror` and its outputs mirrored back, so every loss
+        compares them with the unmirrored frame's pseudo-labels (cached once per frame) and geometry."""
+        if not (self.training and self.options.mirror > 0):
+            return self.student(image, **kwargs)
+        flip = torch.rand(image.shape[0], device=image.device) < self.options.mirror
+        return mirror_where(self.student(mirror_where(image, flip), **kwargs), flip)
 
     # ----------------------------------------------------------------------- losses
     def distillation_terms(self, batch: dict[str, Any], out: dict[str, Any]

@@ -22,6 +22,8 @@ ensemble the paper describes:
 - A student with an uncertainty head (`model.kwargs.uncertainty: true`) learns log sigma from the
   ensemble: Laplacian or Gaussian NLL of r = sqrt(std^2 + (mean - student depth)^2), the RMS
   deviation of the teacher's samples from the student (`losses.ensemble_residual`).
+- Mirror augmentation (`mirror`, a probability, 0 = off): the student sees some images mirrored
+  left-right and its outputs are mirrored back before every loss, so labels stay cached per frame.
 - The student predicts depth in the teacher's range (min/max depth from the teacher metadata) and
   inherits its scale kind: a metric teacher gives a metric student.
 
@@ -53,5 +55,5 @@ class KDMSDPTTask(MonoTeacherDistillation):
     method = "kd_ms_dpt"
 
     def forward(self, batch: dict[str, Any], phase: str = "main", step: int = 0) -> dict[str, torch.Tensor]:
-        loss, parts, _, _ = self.distillation_terms(batch, self.student(batch["image"]))
+        loss, parts, _, _ = self.distillation_terms(batch, self.student_outputs(batch["image"]))
         return {"loss": loss, **parts}

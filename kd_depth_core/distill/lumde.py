@@ -163,7 +163,7 @@ class LUMDETask(MonoTeacherDistillation):
         opt = self.options
         need_features = opt.pairwise_weight > 0 and opt.pairwise_source == "features"
         image = batch["image"]
-        out = self.student(image, return_features=True) if need_features else self.student(image)
+        out = self.student_outputs(image, return_features=True) if need_features else self.student_outputs(image)
         loss, parts, teacher_depth, _ = self.distillation_terms(batch, out)
         w_adv = adversarial_weight(step, opt.adversarial_weight, opt.adversarial_start_step,
                                    opt.adversarial_warmup_steps)
