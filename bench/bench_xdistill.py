@@ -179,6 +179,9 @@ def main() -> int:
                         help="disparity scales the translator sees (1 = full resolution only: local evidence)")
     parser.add_argument("--translator-warmup", type=int, default=0,
                         help="steps the translator trains on detached depth first (task.kwargs.translator_warmup_steps)")
+    parser.add_argument("--cross-task-guard", action="store_true",
+                        help="per pixel, the cross-task gradient reaches the depth only where it agrees in sign with "
+                             "the self-supervised gradient (task.kwargs.cross_task_guard)")
     parser.add_argument("--student", default="student_lcnet", help="registered student model of both students")
     parser.add_argument("--student-backbone", default="lcnet_050")
     parser.add_argument("--teacher-backbone", default="resnet18")
@@ -260,6 +263,7 @@ def main() -> int:
     proxy = f"_proxy{args.proxy_weight:g}" if args.proxy_weight > 0 else ""
     suffix = "" if args.translator_scales == 4 else f"_scales{args.translator_scales}"
     suffix += f"_warmup{args.translator_warmup}" if args.translator_warmup else ""
+    suffix += "_guard" if args.cross_task_guard else ""
     # fine-tunes are named after their start (the run folder holding it), so another --init-from never reuses them
     if args.init_from:
         start = args.init_from.resolve().parent
@@ -280,9 +284,11 @@ def main() -> int:
         xd_cfg["task"] = {"name": "xdistill", "kwargs": {**photometric, "teacher_path": str(teacher_path),
                                                           "grouping": "synthetic", "cross_task_weight": args.weight,
                                                           "translator_scales": args.translator_scales,
-                                                          "translator_warmup_steps": args.translator_warmup}}
+                                                          "translator_warmup_steps": args.translator_warmup,
+                                                          "cross_task_guard": args.cross_task_guard}}
         xd_cfg["train"]["seed"] = seed
-        xd_path, xd_step_s = train(xd_cfg, f"xdistill (lambda {args.weight:g}){tag}")
+        xd_path, xd_step_s = train(xd_cfg, f"xdistill (lambda {args.weight:g}{', guard' if args.cross_task_guard else ''})"
+                                           f"{tag}")
         per_seed.append({"seed": seed, "self_supervised": score_student(plain_path, test, grouping, args),
                          "xdistill": score_student(xd_path, test, grouping, args),
                          "step_s": {"self_supervised": plain_step_s, "xdistill": xd_step_s}})

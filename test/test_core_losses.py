@@ -302,3 +302,17 @@ def test_mean3x3_is_the_3x3_window_mean_with_its_gradient():
     out.sum().backward()
     # the corner pixel is in 1 window, the centre ones in 6 (2 rows x 3 columns): gradients 1/9 and 6/9
     assert float(x.grad[0, 0, 0, 0]) == pytest.approx(1 / 9) and float(x.grad[0, 0, 1, 2]) == pytest.approx(6 / 9)
+
+
+def test_agreeing_gradient_passes_only_the_elements_that_agree_in_sign_with_the_reference():
+    from kd_depth_core.losses.cross_task import agreeing_gradient
+
+    value = torch.tensor([0.3, 0.3, 0.3, 0.3, 0.3], requires_grad=True)
+    reference = torch.tensor([1.0, -1.0, 0.0, 2.0, -0.5])
+    guarded = agreeing_gradient(value, reference)
+    assert torch.equal(guarded, value)  # the forward is the identity
+    # d(sum(c * v))/dv = c = [1, 1, 1, -1, -2]; c * reference = [1, -1, 0, -2, 1] -> keep where >= 0
+    (torch.tensor([1.0, 1.0, 1.0, -1.0, -2.0]) * guarded).sum().backward()
+    assert value.grad.tolist() == [1.0, 0.0, 1.0, 0.0, -2.0]
+    with pytest.raises(ValueError, match=r"reference: expected the shape of value \(5,\)"):
+        agreeing_gradient(value, reference[:3])

@@ -104,6 +104,36 @@ def test_during_translator_warmup_the_cross_task_term_trains_only_the_translator
     assert not torch.allclose(depth_gradient(1.0, step=3), photometric_only)  # from step 3 on it reaches the depth
 
 
+def test_guarded_cross_task_gradient_never_opposes_the_self_supervised_gradient_at_a_pixel(world):
+    torch.manual_seed(0)
+    task = create_task("xdistill", make_cfg(world, "guard", kwargs={"cross_task_weight": 1.0}))
+    batch = first_batch(task.cfg)
+    depth_outputs = task.depth_outputs
+    seen: list[torch.Tensor] = []
+
+    def keep_disparity(b):  # the finest disparity's gradient: self-supervised + cross-task parts
+        out = depth_outputs(b)
+        out["disp"][0].register_hook(seen.append)  # (the guard's own autograd.grad also passes here: take the last)
+        return out
+
+    task.depth_outputs = keep_disparity
+
+    def disparity_gradient(weight: float, guard: bool) -> torch.Tensor:
+        task.options.cross_task_weight, task.options.cross_task_guard = weight, guard
+        torch.manual_seed(1)  # the same tie-breaking noise of the auto-mask in every call
+        task(batch, step=0)["loss"].backward()
+        return seen[-1]
+
+    own = disparity_gradient(0.0, guard=False)
+    unguarded = disparity_gradient(1.0, guard=False) - own
+    guarded = disparity_gradient(1.0, guard=True) - own
+    scale = float(unguarded.abs().max())
+    agree = unguarded * own >= 0
+    assert 0.05 < float(agree.float().mean()) < 0.95  # unguarded, the term pulls against the photometric loss
+    assert float(guarded[~agree].abs().max()) <= 1e-4 * scale  # guarded, it is stopped there
+    torch.testing.assert_close(guarded[agree], unguarded[agree], rtol=1e-4, atol=1e-5 * scale)  # and passes elsewhere
+
+
 def test_loss_is_the_self_supervised_loss_plus_lambda_times_cross_entropy(world):
     torch.manual_seed(0)
     xdistill = create_task("xdistill", make_cfg(world, "sum", kwargs={"cross_task_weight": 0.5}))

@@ -11,6 +11,9 @@ on the same depth forward: this task is that task plus the cross-task term) + `c
 cross-entropy.
 For the first `translator_warmup_steps` the translator learns on detached disparities: until it
 has learnt a mapping, its gradient would only add noise to the depth network.
+With `cross_task_guard` the cross-entropy's gradient reaches a disparity pixel only where it pushes the
+same way as the self-supervised loss's gradient there (or either is zero): semantics may break the
+photometric loss's ties but never pull against it, which is how an unguarded term drifts.
 
 The teacher (`task.kwargs.teacher_path`) is either a released segmentation model (the
 'segmentation' task's `model.safetensors`, class names in its metadata) or a plain local state
@@ -34,7 +37,7 @@ from torch import nn
 
 from kd_depth_core.config import ConfigError, TrainConfig
 from kd_depth_core.distill.grouping import ClassGrouping, GroupingError, load_grouping
-from kd_depth_core.losses.cross_task import masked_cross_entropy, pixel_accuracy
+from kd_depth_core.losses.cross_task import agreeing_gradient, masked_cross_entropy, pixel_accuracy
 from kd_depth_core.models import segmentation as _segmentation  # noqa: F401  (registers segmentation_teacher)
 from kd_depth_core.models.frozen import FrozenNetwork
 from kd_depth_core.models.translator import DepthToSegTranslator
@@ -140,6 +143,8 @@ class XDistillTask(SelfSupervisedTask):
         translator_channels: int = 16
         translator_scales: int = 4  # finest disparity scales the translator sees (1 = full resolution only)
         translator_warmup_steps: int = 0  # steps the translator learns on detached depth before its CE reaches it
+        cross_task_guard: bool = False  # per pixel, CE's gradient reaches a disparity only where it agrees in sign
+        # with the self-supervised loss's gradient there (`losses.cross_task.agreeing_gradient`): no drift against it
 
     checkpoint_exclude = ("teacher.",)
 
@@ -200,6 +205,10 @@ class XDistillTask(SelfSupervisedTask):
         disps = out["disp"]
         if step < self.options.translator_warmup_steps:  # a random translator's gradient would only add noise
             disps = [d.detach() for d in disps]
+        elif self.options.cross_task_guard and torch.is_grad_enabled():
+            used = disps[:self.translator.num_scales]
+            reference = torch.autograd.grad(result["loss"], used, retain_graph=True, allow_unused=True)
+            disps = [d if g is None else agreeing_gradient(d, g) for d, g in zip(used, reference, strict=True)]
         parts = self.cross_task_loss(batch, disps)
         ce = parts.pop("cross_task")
         result["loss"] = result["loss"] + self.options.cross_task_weight * ce

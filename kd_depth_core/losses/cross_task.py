@@ -1,4 +1,5 @@
-"""Cross-task (segmentation) terms: masked cross-entropy and pixel accuracy against label maps."""
+"""Cross-task (segmentation) terms: masked cross-entropy and pixel accuracy against label maps, and the
+per-pixel gradient guard that keeps a cross-task term from working against the depth network's own loss."""
 from __future__ import annotations
 
 import torch
@@ -42,3 +43,24 @@ def pixel_accuracy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     valid = labels != ignore_index
     correct = (logits.argmax(1) == labels) & valid
     return correct.sum().float() / valid.sum().float()
+
+
+class _AgreeingGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(reference)
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
+        (reference,) = ctx.saved_tensors
+        return grad * (grad * reference >= 0).to(grad.dtype), None
+
+
+def agreeing_gradient(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`value` unchanged; in the backward pass only the gradient elements whose sign agrees with
+    `reference` (same shape, e.g. the main loss's gradient at `value`) or where either is 0 pass,
+    the rest become 0: per-element gradient surgery (PCGrad, Yu et al. 2020, on a scalar per pixel)."""
+    if reference.shape != value.shape:
+        raise ValueError(f"reference: expected the shape of value {tuple(value.shape)}, got {tuple(reference.shape)}")
+    return _AgreeingGradient.apply(value, reference.detach())
